@@ -1,0 +1,97 @@
+"""The MVFA vision model: a frozen open_clip ViT with multi-level residual adapters (spec section 2).
+
+The forward pass is split in two so training can cache the frozen part:
+
+* :meth:`MVFAModel.forward_prefix` runs patch embedding and the blocks up to the first adapter level. Nothing here
+  ever changes during training, so its output can be computed once without gradients and cached.
+* :meth:`MVFAModel.forward_levels` runs the adapters and the remaining blocks and returns the per-level bottleneck
+  tokens of both branches.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .adapters import MultiLevelAdapters
+
+__all__ = ["MVFAModel"]
+
+
+class MVFAModel(nn.Module):
+    """Frozen open_clip ``VisionTransformer`` + :class:`MultiLevelAdapters`.
+
+    Args:
+        visual: ``open_clip`` vision tower (``clip.visual``); its parameters are frozen here.
+        adapter_levels: 1-indexed blocks after which an adapter pair sits (``[6, 12, 18, 24]`` for ViT-L).
+        bottleneck: adapter bottleneck width ``D`` = the joint (text) embedding size.
+
+    Shapes:
+        images ``[B, 3, S, S]`` (``S`` = working size, 240) -> tokens ``[B, N, C]`` with ``N = 1 + (S // patch)^2``
+        (class token first) -> per level bottleneck tokens ``[L, B, N, D]``.
+    """
+
+    def __init__(self, visual: nn.Module, adapter_levels: Sequence[int], bottleneck: int) -> None:
+        super().__init__()
+        self.visual = visual
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+        blocks = self.visual.transformer.resblocks
+        self.levels = [int(v) for v in adapter_levels]
+        if self.levels != sorted(set(self.levels)) or not 1 <= self.levels[0] or self.levels[-1] > len(blocks):
+            raise ValueError(f"adapter_levels {self.levels} must be increasing block numbers in 1..{len(blocks)}")
+        self.width = int(self.visual.conv1.out_channels)
+        self.adapters = MultiLevelAdapters(self.width, bottleneck, len(self.levels))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.visual.grid_size)
+
+    def train(self, mode: bool = True) -> "MVFAModel":
+        """Only adapters switch mode; the backbone always stays in eval mode (no patch dropout)."""
+        super().train(mode)
+        self.visual.eval()
+        return self
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        x = v.conv1(images)  # [B, C, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, C]
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(x)
+
+    def forward_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen part: embedding + blocks ``1..levels[0]``. ``[B,3,S,S] -> [B,N,C]`` (cacheable, no adapters)."""
+        x = self._embed(images)
+        for block in self.visual.transformer.resblocks[: self.levels[0]]:
+            x = block(x)
+        return x
+
+    def forward_levels(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapters + remaining blocks from the output of :meth:`forward_prefix`.
+
+        Returns:
+            ``(seg_tokens, det_tokens)``, each ``[L, B, N, D]`` (class token at index 0).
+        """
+        blocks = self.visual.transformer.resblocks
+        seg, det = [], []
+        x = hidden
+        for k, level in enumerate(self.levels):
+            if k > 0:
+                for block in blocks[self.levels[k - 1]: level]:
+                    x = block(x)
+            if k == len(self.levels) - 1:
+                # nothing runs after the last level: its fc2 outputs are dead, skip them
+                seg.append(self.adapters.seg_adapters[k].fc1(x))
+                det.append(self.adapters.det_adapters[k].fc1(x))
+            else:
+                x, seg_h, det_h = self.adapters(x, k)
+                seg.append(seg_h)
+                det.append(det_h)
+        return torch.stack(seg), torch.stack(det)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_levels(self.forward_prefix(images))

@@ -1,0 +1,76 @@
+"""Scores and maps from bottleneck tokens (spec section 4). Pure functions shared by inference and training.
+
+Token tensors carry the class token at index 0 (``[..., N, D]`` with ``N = 1 + g*g``); these functions drop it.
+Text features are ``[D, 2]`` unit columns (normal, abnormal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TEMPERATURE", "patch_logits", "pixel_logits", "patch_probs", "level_maps", "bank_distance",
+           "upsample_patch_map"]
+
+#: Fixed logit temperature of MVFA (not CLIP's logit_scale).
+TEMPERATURE = 100.0
+
+
+def _grid(n_patches: int) -> int:
+    g = int(round(math.sqrt(n_patches)))
+    if g * g != n_patches:
+        raise ValueError(f"{n_patches} patch tokens do not form a square grid")
+    return g
+
+
+def patch_logits(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``[..., N, D]`` tokens -> ``[..., N-1, 2]`` logits ``100 * normalize(patch) @ text`` (class token dropped)."""
+    patches = F.normalize(tokens[..., 1:, :].float(), dim=-1)
+    return TEMPERATURE * patches @ text.float()
+
+
+def upsample_patch_map(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[..., P, C]`` per-patch values -> ``[..., C, H, W]`` by bilinear interpolation (align_corners=True)."""
+    lead, (p, c) = values.shape[:-2], values.shape[-2:]
+    g = _grid(p)
+    grid = values.reshape(-1, g, g, c).permute(0, 3, 1, 2)
+    up = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=True)
+    return up.reshape(*lead, c, *size)
+
+
+def pixel_logits(tokens: torch.Tensor, text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Seg-branch logits upsampled to ``size``: ``[..., N, D] -> [..., 2, H, W]`` (softmax over dim -3 gives maps)."""
+    return upsample_patch_map(patch_logits(tokens, text), size)
+
+
+def level_maps(tokens: torch.Tensor, text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Abnormal probability maps ``[..., N, D] -> [..., H, W]`` (softmax of the upsampled logits)."""
+    return pixel_logits(tokens, text, size).softmax(dim=-3)[..., 1, :, :]
+
+
+def patch_probs(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Det-branch abnormal probability per patch: ``[..., N, D] -> [..., N-1]``; its mean is the level's score."""
+    return patch_logits(tokens, text).softmax(dim=-1)[..., 1]
+
+
+def bank_distance(tokens: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**25) -> torch.Tensor:
+    """Few-shot distance: ``min over bank (1 - cos)`` per query patch.
+
+    Args:
+        tokens: ``[B, N, D]`` query tokens (class token at index 0, dropped).
+        bank: ``[M, D]`` unit-norm memory bank tokens of one level and branch.
+        chunk_elements: bound on ``B*P*m`` similarity elements held at once (memory stays flat in ``M``).
+
+    Returns:
+        ``[B, N-1]`` distances in ``[0, 2]``.
+    """
+    q = F.normalize(tokens[..., 1:, :].float(), dim=-1)
+    bank = bank.to(q.device, torch.float32)
+    step = max(1, chunk_elements // max(1, q.shape[0] * q.shape[1]))
+    best = torch.full(q.shape[:-1], -2.0, device=q.device)
+    for start in range(0, bank.shape[0], step):
+        sim = q @ bank[start:start + step].T  # [B, P, m]
+        best = torch.maximum(best, sim.amax(dim=-1))
+    return 1.0 - best
