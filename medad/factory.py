@@ -97,18 +97,16 @@ def load_detector(
     object_name = object_name or extra.get("object_name") or DEFAULT_OBJECT_NAME
     cfg = get_backbone_config(backbone)
     seed = int(cfg.get("init_seed", 0))
-    clip = build_clip({**cfg, "init_seed": seed})
-
-    if weights is not None and str(weights) != "random":
-        backbone_id = load_backbone_weights(clip, weights, backbone, expected_sha256)
-    elif weights is None and cfg.get("known_weights"):
-        cached = find_cached_weights(backbone)
-        if cached is None:
+    if weights is None and cfg.get("known_weights"):
+        weights = find_cached_weights(backbone)
+        if weights is None:
             raise WeightsError(
                 f"Backbone {backbone!r} needs its CLIP weights file. Import it once with "
                 f"`medad weights import /path/to/{next(iter(cfg['known_weights'].values()))['filename']}` "
                 "or pass weights=PATH (use backbone='tiny' for a quick try without weights).")
-        backbone_id = load_backbone_weights(clip, cached, backbone)
+    clip = build_clip({**cfg, "init_seed": seed})
+    if weights is not None and str(weights) != "random":
+        backbone_id = load_backbone_weights(clip, weights, backbone, expected_sha256)
     else:
         backbone_id = f"{backbone}-random-init-{seed}"
     if extra.get("visual_state_dict"):
@@ -120,7 +118,9 @@ def load_detector(
         text = cached_text
     else:
         text = _text_features(clip, backbone_id, object_name, str(device))
-    model = MVFAModel(clip.visual, cfg["adapter_levels"], cfg["clip"]["embed_dim"])
+    with torch.random.fork_rng(devices=[]):  # fresh adapters are reproducible too
+        torch.manual_seed(seed + 1)
+        model = MVFAModel(clip.visual, cfg["adapter_levels"], cfg["clip"]["embed_dim"])
     det = AnomalyDetector(model, text, object_name=object_name, backbone=backbone, image_size=cfg["image_size"],
                           precision=precision)
     if ckpt is not None:
