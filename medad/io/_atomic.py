@@ -1,0 +1,42 @@
+"""Atomic file writes: write to a temporary name in the target folder, then ``os.replace``.
+
+A reader (or a batch run resumed after ``kill -9``) therefore sees either the old file, the complete new file, or no
+file, never a half-written one. Temporary names start with ``.`` and contain ``.tmp-`` so they are easy to clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path"]
+
+_DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
+
+
+def _suffix(name: str) -> str:
+    for s in _DOUBLE_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[-len(s):]
+    return Path(name).suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix); on success move it onto ``path`` atomically.
+
+    The parent folder is created. On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    dst = Path(path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}{_suffix(dst.name)}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:  # make the bytes durable before the rename
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

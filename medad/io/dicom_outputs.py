@@ -1,0 +1,232 @@
+"""DICOM outputs for anomaly maps, written with highdicom and referencing the source series.
+
+* :func:`write_parametric_map`: float32 Parametric Map (the continuous map; OHIF >= 3.9, Slicer).
+* :func:`write_segmentation`: BINARY SEG with graded segments (``anomaly_low/mid/high`` from caller thresholds;
+  every viewer and PACS shows these).
+
+The map is a ``MetaTensor [1, X, Y, Z]`` (or ``[X, Y, Z]``) whose RAS ``affine`` describes the same voxel grid as the
+source series, in any axis order/flip (e.g. after ``Orientationd(RAS)``): it is matched onto the source frames with
+``highdicom.Volume(..., from_reference_convention="RAS").match_geometry(source)``, never resampled. A map on another
+grid raises an error: invert the preprocessing (``Invertd``) first.
+
+Output UIDs are derived deterministically from the source SeriesInstanceUID and the output description/number unless
+given, so re-running a batch rewrites the same instances instead of duplicating them in a PACS.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._atomic import atomic_path
+
+__all__ = ["DEFAULT_SEGMENT_LABELS", "DEFAULT_THRESHOLDS", "grade_map", "write_parametric_map", "write_segmentation"]
+
+DEFAULT_SEGMENT_LABELS = ("anomaly_low", "anomaly_mid", "anomaly_high")
+#: Placeholder thresholds on a [0, 1] map; pass the calibrated ones stored with the weights.
+DEFAULT_THRESHOLDS = (0.5, 0.7, 0.9)
+
+_MANUFACTURER = "medad"
+_MODEL = "medad-clip"
+
+
+def _version() -> str:
+    try:
+        from medad import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def _map_array_affine(anomaly_map) -> tuple[np.ndarray, np.ndarray]:
+    arr = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, torch.Tensor) else np.asarray(anomaly_map)
+    if arr.ndim == 4:
+        if arr.shape[0] != 1:
+            raise ValueError(f"anomaly map must have one channel, got shape {tuple(arr.shape)}")
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"anomaly map must be [1, X, Y, Z] or [X, Y, Z], got shape {tuple(arr.shape)}")
+    affine = getattr(anomaly_map, "affine", None)
+    if affine is None:
+        raise ValueError("anomaly map has no affine: pass a monai MetaTensor (e.g. the output of medad.io.load_series)")
+    affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)
+    return arr, np.asarray(affine, dtype=np.float64)
+
+
+def _read_sources(source_files: Sequence[str | os.PathLike]):
+    """Headers of the source instances and the highdicom geometry of the source volume."""
+    import highdicom as hd
+    import pydicom
+
+    files = [str(f) for f in source_files]
+    if not files:
+        raise ValueError("source_files is empty: pass the DICOM files of the series the map was computed on "
+                         "(volume.meta['source_files'])")
+    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        geom = hd.imread(files[0], lazy_frame_retrieval=True).get_volume_geometry()
+        if geom is None:
+            raise ValueError(f"{files[0]}: multi-frame source is not a regular 3D volume")
+        return datasets, geom
+    ds0 = datasets[0]
+    if len(datasets) == 1:
+        spacing, order = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0), [0]
+    else:
+        spacing, positions = hd.spatial.get_series_volume_positions(datasets)
+        if spacing is None:
+            raise ValueError(f"source series in {os.path.dirname(files[0])} is not a regularly spaced volume")
+        order = [positions.index(i) for i in range(len(datasets))]
+    first = datasets[order[0]]
+    geom = hd.VolumeGeometry.from_attributes(
+        image_position=first.ImagePositionPatient, image_orientation=ds0.ImageOrientationPatient,
+        rows=int(ds0.Rows), columns=int(ds0.Columns), pixel_spacing=ds0.PixelSpacing,
+        spacing_between_slices=spacing, number_of_frames=len(datasets), coordinate_system="PATIENT",
+        frame_of_reference_uid=ds0.FrameOfReferenceUID)
+    return datasets, geom
+
+
+def _matched_volume(anomaly_map, datasets, geom):
+    import highdicom as hd
+
+    arr, affine = _map_array_affine(anomaly_map)
+    vol = hd.Volume(array=arr, affine=affine, coordinate_system="PATIENT",
+                    frame_of_reference_uid=datasets[0].FrameOfReferenceUID, from_reference_convention="RAS")
+    try:
+        return vol.match_geometry(geom)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the anomaly map (shape {arr.shape}) is not on the voxel grid of its source series (spatial shape "
+            f"{geom.spatial_shape} as slices/rows/columns): resample it back to the source grid (e.g. monai Invertd) "
+            f"before writing DICOM. highdicom: {e}") from e
+
+
+def _uids(datasets, kind: str, series_description: str, series_number: int, series_uid, sop_uid):
+    from pydicom.uid import generate_uid
+
+    src = str(datasets[0].SeriesInstanceUID)
+    parts = ["medad", kind, src, series_description, str(series_number), _version()]
+    return (series_uid or generate_uid(entropy_srcs=[*parts, "series"]),
+            sop_uid or generate_uid(entropy_srcs=[*parts, "instance"]))
+
+
+def write_parametric_map(
+    anomaly_map,
+    source_files: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    *,
+    series_description: str = "Anomaly map (research use only)",
+    series_number: int = 901,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    lut_label: str = "ANOMALY",
+    lut_explanation: str = "Anomaly score (0 normal - 1 abnormal)",
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    manufacturer_model_name: str = _MODEL,
+) -> Path:
+    """Write ``anomaly_map`` as a float32 DICOM Parametric Map referencing ``source_files`` (atomically).
+
+    Args:
+        anomaly_map: ``MetaTensor [1, X, Y, Z]`` on the source series' voxel grid (any axis order).
+        source_files: the DICOM files of the source series (``volume.meta["source_files"]``) or the one multi-frame file.
+        path: output ``.dcm`` path (folder created).
+        series_description: SeriesDescription shown in viewers.
+        series_number: SeriesNumber of the new series.
+        value_range: range of the map values (window and real-world value mapping).
+        lut_label, lut_explanation: RealWorldValueMapping label/explanation.
+        series_uid, sop_instance_uid: explicit UIDs (default: derived from the source series, stable across reruns).
+        manufacturer_model_name: ManufacturerModelName.
+
+    Returns:
+        The written path.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    datasets, geom = _read_sources(source_files)
+    vol = _matched_volume(anomaly_map, datasets, geom).astype(np.float32)
+    series_uid, sop_uid = _uids(datasets, "pm", series_description, series_number, series_uid, sop_instance_uid)
+    lo, hi = (float(v) for v in value_range)
+    pm = hd.pm.ParametricMap(
+        source_images=datasets, pixel_array=vol, series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer=_MANUFACTURER,
+        manufacturer_model_name=manufacturer_model_name, software_versions=_version(), device_serial_number="0",
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[hd.pm.RealWorldValueMapping(
+            lut_label=lut_label, lut_explanation=lut_explanation, value_range=(lo, hi), unit=codes.UCUM.NoUnits)],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=(lo + hi) / 2,
+                                                         window_width=max(hi - lo, 1e-6))],
+        content_label=lut_label[:16].upper(),
+        content_description=series_description[:64], series_description=series_description)
+    with atomic_path(path) as tmp:
+        pm.save_as(tmp, enforce_file_format=True)
+    return Path(path)
+
+
+def grade_map(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Graded label map: 0 below ``thresholds[0]``, ``k`` for ``thresholds[k-1] <= v < thresholds[k]`` (uint8)."""
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim != 1 or len(t) == 0 or np.any(np.diff(t) <= 0):
+        raise ValueError(f"thresholds must be a strictly increasing non-empty sequence, got {list(thresholds)}")
+    return np.digitize(np.asarray(values), t).astype(np.uint8)
+
+
+def write_segmentation(
+    anomaly_map,
+    source_files: Sequence[str | os.PathLike],
+    path: str | os.PathLike,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    labels: Sequence[str] = DEFAULT_SEGMENT_LABELS,
+    series_description: str = "Anomaly segmentation (research use only)",
+    series_number: int = 902,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    manufacturer_model_name: str = _MODEL,
+) -> Path:
+    """Write a BINARY DICOM SEG with one non-overlapping segment per anomaly grade (atomically).
+
+    Segment ``k`` (label ``labels[k-1]``) holds voxels with ``thresholds[k-1] <= map < thresholds[k]`` (the last one is
+    open-ended), i.e. exactly ``grade_map(map, thresholds) == k``; reading it back with
+    ``highdicom.seg.segread(path).get_volume(combine_segments=True)`` returns that label map.
+
+    Args:
+        anomaly_map: ``MetaTensor [1, X, Y, Z]`` on the source series' voxel grid (any axis order).
+        source_files: the DICOM files of the source series (or the one multi-frame file).
+        path: output ``.dcm`` path.
+        thresholds: strictly increasing, one per label (calibrated thresholds from the model, not these defaults).
+        labels: segment labels.
+        series_description, series_number, series_uid, sop_instance_uid, manufacturer_model_name: as for
+            :func:`write_parametric_map`.
+
+    Returns:
+        The written path.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if len(labels) != len(thresholds):
+        raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(thresholds)} thresholds")
+    datasets, geom = _read_sources(source_files)
+    vol = _matched_volume(anomaly_map, datasets, geom)
+    graded = vol.with_array(grade_map(vol.array, thresholds))
+    algo = hd.AlgorithmIdentificationSequence(name=manufacturer_model_name, version=_version(),
+                                              family=codes.cid7162.ArtificialIntelligence)
+    descs = [hd.seg.SegmentDescription(
+        segment_number=i, segment_label=name, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo) for i, name in enumerate(labels, start=1)]
+    series_uid, sop_uid = _uids(datasets, "seg", series_description, series_number, series_uid, sop_instance_uid)
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=graded, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs, series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer=_MANUFACTURER,
+        manufacturer_model_name=manufacturer_model_name, software_versions=_version(), device_serial_number="0",
+        series_description=series_description, content_label="ANOMALY")
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    return Path(path)
