@@ -1,0 +1,1 @@
+from .volume import VolumeResult, VolumeRunner

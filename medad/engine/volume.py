@@ -1,0 +1,266 @@
+"""The volume runner: a 3D volume (or one 2D image) in, a 3D anomaly map in the source geometry and scores out.
+
+Every front-end (MONAI bundle, MONAI Label app, ``medad score``) calls :class:`VolumeRunner`, so all of them share
+the same slicing, intensity, padding and scoring rules:
+
+1. **Intensity** statistics are computed once on the whole volume (``medad.transforms.make_intensity``: ``"auto"``
+   picks CT window / MR foreground percentiles / other percentiles from ``meta["modality"]``).
+2. **Slices** along ``axis`` (after RAS orientation; axial = RAS spatial dim 2) are streamed ``batch_size`` at a time
+   with :class:`~medad.transforms.slicing.RASSlicer`: no reoriented copy of the volume is made. Each batch is scaled,
+   shown to the model in the ``view`` layout (default ``"radiological"``), padded to a square (no cropping), resized
+   to ``detector.image_size`` (bicubic + antialias, the detector's own rule), and scored.
+3. The maps are resized back (bilinear), un-padded, un-viewed and written straight into one preallocated float32
+   array in the *source* voxel order, so the result has exactly the source shape and affine.
+
+Memory is flat in the number of slices: input + one float32 output + O(batch) temporaries.
+
+Rules (documented choices):
+
+* **Empty slices** (all 0 after intensity scaling, i.e. background only: air under a brain window, the background
+  outside a skull-stripped brain under MR foreground percentiles) are not sent to the model when ``skip_empty=True``: their map is 0, their slice score 0, and they are never
+  in ``top_slices``. ``VolumeResult.skipped`` marks them.
+* **Volume score** (``volume_score="topk_mean"``, default): the mean of the ``top_k`` highest slice scores among the
+  scored slices (robust to one noisy slice, still driven by the most anomalous region); ``"max"``: the highest slice
+  score. A volume with no scored slice gets 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+
+from ..transforms.intensity.array import FixedRangeScale, ModalityIntensity, RangeScale, apply_ranges, make_intensity
+from ..transforms.slicing import AXES, VIEWS, RASSlicer
+from ..transforms.spatial.array import square_pad_width
+
+__all__ = ["VolumeResult", "VolumeRunner"]
+
+
+@dataclass
+class VolumeResult:
+    """Output of :meth:`VolumeRunner.run` / :meth:`VolumeRunner.run_2d`.
+
+    Attributes:
+        anomaly_map: float32 MetaTensor ``[1, X, Y, Z]`` (``[1, H, W]`` for 2D) in [0, 1] with the source affine/meta.
+        volume_score: one score per volume (rule: see the module docstring).
+        slice_scores: ``[n_slices]`` float32, indexed by the *source* slice index along ``source_dim``.
+        top_slices: up to ``top_k`` source slice indices, most anomalous first.
+        axis: ``"axial"``, ``"coronal"``, ``"sagittal"`` (None for 2D).
+        n_slices: number of slices along the slice axis (1 for 2D).
+        source_dim: the source spatial dim that holds the slices (``anomaly_map[0].select(source_dim, i)`` is
+            slice ``i``); None for 2D.
+        skipped: ``[n_slices]`` bool, True for empty slices not sent to the model.
+    """
+
+    anomaly_map: MetaTensor
+    volume_score: float
+    slice_scores: np.ndarray
+    top_slices: list[int]
+    axis: str | None
+    n_slices: int
+    source_dim: int | None = None
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+class VolumeRunner:
+    """Score a volume slice by slice with a detector and assemble a 3D map in the source geometry.
+
+    Args:
+        detector: an object with ``predict(images [B,3,H,W] float in [0,1]) -> res`` (``res.image_scores [B]``,
+            ``res.anomaly_maps [B,H,W]`` in [0,1] at the input size) and ``image_size`` (e.g.
+            ``medad.load_detector(backbone="tiny")``).
+        batch_size: slices per model call (results do not depend on it).
+        axis: ``"axial"`` (default), ``"coronal"`` or ``"sagittal"`` (RAS definitions).
+        intensity: ``"auto"`` (by modality), ``"ct:brain"``, ``"ct:brain,soft_tissue,bone"``, ``"mr"``,
+            ``"percentile"``, ``"minmax"``, ``"uint8"``, ``"none"`` or a ``RangeScale`` transform
+            (see :func:`medad.transforms.make_intensity`).
+        top_k: number of slices in ``top_slices`` and in the ``"topk_mean"`` volume score.
+        progress: show a tqdm bar over batches.
+        view: in-plane layout shown to the model: ``"radiological"`` (default), ``"ras"`` or ``"brats_png"``
+            (see :mod:`medad.transforms.slicing`). Use the layout of the images the adapters were trained on.
+        skip_empty: do not score background-only slices (all 0 after scaling): map 0, score 0.
+        volume_score: ``"topk_mean"`` (default) or ``"max"``.
+        resize_to_model: resize padded slices to ``detector.image_size`` here and maps back here (default; keeps the
+            detector's per-batch maps at 240x240). False passes slices at native size (the detector resizes them).
+    """
+
+    def __init__(self, detector: Any, batch_size: int = 32, axis: str = "axial", intensity: str | RangeScale = "auto",
+                 top_k: int = 5, progress: bool = False, view: str = "radiological", skip_empty: bool = True,
+                 volume_score: str = "topk_mean", resize_to_model: bool = True) -> None:
+        if not hasattr(detector, "predict"):
+            raise TypeError(f"detector must have a predict(images) method (see medad.load_detector); "
+                            f"got {type(detector).__name__}")
+        if int(batch_size) < 1 or int(top_k) < 1:
+            raise ValueError(f"batch_size and top_k must be >= 1; got batch_size={batch_size}, top_k={top_k}")
+        if isinstance(axis, int) or axis.strip().lower() not in AXES:
+            raise ValueError(f"axis must be one of {list(AXES)}; got {axis!r}")
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {list(VIEWS)}; got {view!r}")
+        if volume_score not in ("topk_mean", "max"):
+            raise ValueError(f"volume_score must be 'topk_mean' or 'max'; got {volume_score!r}")
+        self.detector = detector
+        self.batch_size = int(batch_size)
+        self.axis = axis.strip().lower()
+        self.intensity = make_intensity(intensity)
+        self.intensity_spec = intensity
+        self.top_k = int(top_k)
+        self.progress = progress
+        self.view = view
+        self.skip_empty = skip_empty
+        self.volume_score_rule = volume_score
+        self.resize_to_model = resize_to_model
+        self.image_size = int(getattr(detector, "image_size", 240))
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def run(self, volume: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
+        """Score a volume ``[1, X, Y, Z]`` (or ``[X, Y, Z]``; plain arrays get an identity affine).
+
+        Returns a :class:`VolumeResult` whose ``anomaly_map`` has exactly the source shape ``[1, X, Y, Z]``, affine
+        and meta (including ``applied_operations``, so ``Invertd`` further back still works).
+        """
+        vol = self._as_metatensor(volume, spatial_ndim=3)
+        src = vol.as_tensor()[0]  # [X, Y, Z], a view
+        slicer = RASSlicer(src.shape, vol.affine, self.axis, vol.meta.get("space"))
+        ranges = self.intensity.ranges(vol)
+
+        out = torch.zeros(src.shape, dtype=torch.float32)
+        n = slicer.n_slices
+        scores = np.zeros(n, dtype=np.float32)
+        skipped = np.zeros(n, dtype=bool)
+        to_view, from_view = VIEWS[self.view]
+        for start in self._batches(n):
+            stop = min(start + self.batch_size, n)
+            x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 3, U, V]
+            empty = self._empty(x)
+            maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
+            keep = (~empty).nonzero().flatten()
+            if len(keep):
+                m, s = self._predict(to_view(x[keep]))
+                maps[keep] = from_view(m)
+                scores[start + keep.numpy()] = s
+            skipped[start:stop] = empty.numpy()
+            slicer.write(out, start, stop, maps)
+
+        # per-slice results in source slice order
+        src_idx = slicer.source_index(np.arange(n))
+        slice_scores = np.empty(n, dtype=np.float32)
+        slice_scores[src_idx] = scores
+        skipped_src = np.empty(n, dtype=bool)
+        skipped_src[src_idx] = skipped
+        top = self._top(slice_scores, skipped_src)
+        return VolumeResult(anomaly_map=self._like(out[None], vol), volume_score=self._volume_score(slice_scores, top),
+                            slice_scores=slice_scores, top_slices=top, axis=self.axis, n_slices=n,
+                            source_dim=slicer.source_dim, skipped=skipped_src)
+
+    @torch.inference_mode()
+    def run_2d(self, image: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
+        """Score one 2D image ``[H, W]``, ``[1, H, W]`` or ``[3, H, W]`` (RGB), already in display orientation.
+
+        With ``intensity="auto"``, a uint8 image is scaled by 1/255 (PNG), otherwise by modality as for volumes (an
+        X-ray or unknown modality uses whole-image percentiles). An RGB image keeps its colours (one range for all
+        three channels). Returns a :class:`VolumeResult` with ``anomaly_map`` ``[1, H, W]`` and ``n_slices=1``.
+        """
+        img = self._as_metatensor(image, spatial_ndim=2)
+        if img.shape[0] not in (1, 3):
+            raise ValueError(f"a 2D image must have 1 or 3 channels ([C, H, W]); got shape {tuple(img.shape)}")
+        t = self.intensity
+        if isinstance(t, ModalityIntensity) and img.dtype == torch.uint8:
+            t = FixedRangeScale(0.0, 255.0)
+        ranges = t.ranges(img)
+        x = apply_ranges(img.as_tensor(), ranges)  # [C', H, W]
+        if x.shape[0] not in (1, 3):
+            raise ValueError(f"{len(ranges)} intensity ranges on a {img.shape[0]}-channel image give {x.shape[0]} "
+                             "channels; the detector takes 1 (gray) or 3")
+        x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
+        m, s = self._predict(x[None])
+        score = float(s[0])
+        return VolumeResult(anomaly_map=self._like(m, img), volume_score=score,
+                            slice_scores=np.array([score], dtype=np.float32), top_slices=[0], axis=None, n_slices=1,
+                            source_dim=None, skipped=np.zeros(1, dtype=bool))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _as_metatensor(data: Any, spatial_ndim: int) -> MetaTensor:
+        if isinstance(data, np.ndarray):
+            data = torch.as_tensor(data)
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"expected a MetaTensor/tensor/ndarray image; got {type(data).__name__}. Load files with "
+                            "medad.io (or monai LoadImage + EnsureChannelFirst) first.")
+        if data.ndim == spatial_ndim:
+            data = data[None]
+        if data.ndim != spatial_ndim + 1 or (spatial_ndim == 3 and data.shape[0] != 1):
+            want = "[1, X, Y, Z]" if spatial_ndim == 3 else "[C, H, W]"
+            raise ValueError(f"expected a {spatial_ndim}D image {want}; got shape {tuple(data.shape)}. A multi-channel "
+                             f"volume must be split into single-channel volumes first.")
+        if not isinstance(data, MetaTensor):
+            data = MetaTensor(data)  # identity affine
+        return data
+
+    def _batches(self, n: int):
+        starts = range(0, n, self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            return tqdm(starts, desc=f"{self.axis} slices", unit="batch")
+        return starts
+
+    @staticmethod
+    def _channels(x: torch.Tensor) -> torch.Tensor:
+        """``[R, B, U, V]`` scaled slices -> ``[B, 3, U, V]`` (one range: gray repeated; three: one per channel)."""
+        if x.shape[0] == 1:
+            return x[0][:, None].expand(-1, 3, -1, -1)
+        if x.shape[0] == 3:
+            return x.transpose(0, 1)
+        raise ValueError(f"the detector takes 3 channels; an intensity transform must give 1 or 3 ranges "
+                         f"(e.g. 'ct:brain' or 'ct:brain,soft_tissue,bone'), got {x.shape[0]}")
+
+    def _empty(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B]`` bool: slices that are all 0 after intensity scaling (background only), when ``skip_empty``."""
+        if not self.skip_empty:
+            return torch.zeros(x.shape[0], dtype=torch.bool)
+        return x.flatten(1).amax(1) <= 1e-6
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """``[B, 3, H, W]`` in [0, 1] -> maps ``[B, H, W]`` float32 (CPU) and scores ``[B]``."""
+        h, w = x.shape[-2:]
+        (t, b), (l, r) = square_pad_width((h, w))
+        x = F.pad(x, (l, r, t, b)) if (t or b or l or r) else x.contiguous()
+        side = x.shape[-1]
+        if self.resize_to_model and side != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
+                              antialias=True).clamp_(0.0, 1.0)
+        res = self.detector.predict(x)
+        maps = torch.as_tensor(res.anomaly_maps).detach().float().cpu()
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.shape[-1] != side or maps.shape[-2] != side:
+            maps = F.interpolate(maps[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+        maps = maps[:, t: side - b, l: side - r]
+        scores = torch.as_tensor(res.image_scores).detach().float().cpu().reshape(-1).numpy()
+        return maps, scores
+
+    def _top(self, slice_scores: np.ndarray, skipped: np.ndarray) -> list[int]:
+        cand = np.flatnonzero(~skipped)
+        order = cand[np.argsort(-slice_scores[cand], kind="stable")]
+        return [int(i) for i in order[: self.top_k]]
+
+    def _volume_score(self, slice_scores: np.ndarray, top: list[int]) -> float:
+        if not top:
+            return 0.0
+        if self.volume_score_rule == "max":
+            return float(slice_scores[top[0]])
+        return float(np.mean(slice_scores[top]))
+
+    @staticmethod
+    def _like(arr: torch.Tensor, ref: MetaTensor) -> MetaTensor:
+        """``arr`` as a MetaTensor with ``ref``'s affine, meta and applied operations (shallow copies)."""
+        meta = {k: v for k, v in ref.meta.items() if k != "affine"}
+        out = MetaTensor(arr.float(), affine=ref.affine.clone(), meta=meta)
+        out.applied_operations = list(ref.applied_operations)
+        return out
