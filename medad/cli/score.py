@@ -1,0 +1,80 @@
+"""``medad score INPUT... --out DIR``: score every series of a PACS export (resumable, accountable, distributed).
+
+See :mod:`medad.engine.score`. Exit code: 0 when every selected series was scored and no input file was damaged,
+1 when some series or files failed (the summary and ``results.csv``/``manifest.jsonl`` say which and why), 2 for
+usage errors (bad arguments, an output folder made with other settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "score", help="score every DICOM series / NIfTI volume under folders (batch, resumable)",
+        description="Index every file under INPUT (DICOM series, NIfTI), score each series with the anomaly "
+                    "detector and write per series a NIfTI map, top-slice PNG overlays (and DICOM PM + SEG with "
+                    "--dicom-out), plus results.csv (one row per series), manifest.jsonl (one line per input file) "
+                    "and report.html. Rerun the same command to finish an interrupted run. Scale out with "
+                    "`torchrun --nproc_per_node N -m medad score ...`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="folders (walked recursively) and/or files")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    m = p.add_argument_group("model")
+    m.add_argument("--adapters", default="demo",
+                   help="adapter checkpoint, 'demo' (embedded demo model, not for clinical use) or 'none'")
+    m.add_argument("--backbone", default=None, help="'ViT-L-14-336' or 'tiny' (default: the checkpoint's)")
+    m.add_argument("--weights", default=None, help="backbone weights file (default: the imported cache file)")
+    m.add_argument("--object-name", default=None, help="prompt object name (default: the checkpoint's)")
+    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    m.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    m.add_argument("--batch-size", type=int, default=None, help="slices per model call (default: sized to device)")
+    m.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    m.add_argument("--intensity", default="auto", help="auto, ct:brain, ct:brain,soft_tissue,bone, mr, percentile")
+    m.add_argument("--top-k", type=int, default=5, help="top slices reported and averaged into the volume score")
+    m.add_argument("--overlays", type=int, default=3, help="PNG overlays per series (of the top slices)")
+    f = p.add_argument_group("selection")
+    f.add_argument("--modality", default=None, help="keep only these modalities, e.g. CT or CT,MR")
+    f.add_argument("--body-part", default=None, help="keep only these BodyPartExamined values, e.g. HEAD,BRAIN")
+    f.add_argument("--series-description", default=None, help="keep series whose description matches this regex")
+    o = p.add_argument_group("outputs and run")
+    o.add_argument("--dicom-out", action="store_true", help="also write a DICOM Parametric Map + BINARY SEG")
+    o.add_argument("--stow", default=None, metavar="URL",
+                   help="send PM + SEG to this DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web); implies "
+                        "--dicom-out")
+    o.add_argument("--workers", type=int, default=None, help="decoding processes (default: half the CPUs, <= 4)")
+    o.add_argument("--overwrite", action="store_true", help="rescore everything in --out, even with other settings")
+    o.add_argument("--keep-failed", action="store_true", help="do not retry series that failed in an earlier run")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.score import ScoreConfigError, score
+
+    try:
+        summary = score(
+            args.inputs, args.out, adapters=None if str(args.adapters).lower() == "none" else args.adapters,
+            backbone=args.backbone, weights=args.weights, object_name=args.object_name,
+            modality=args.modality, body_part=args.body_part, series_description=args.series_description,
+            dicom_out=args.dicom_out, stow=args.stow, workers=args.workers, device=args.device,
+            batch_size=args.batch_size, top_k=args.top_k, overlays=args.overlays, axis=args.axis,
+            intensity=args.intensity, precision=args.precision, overwrite=args.overwrite,
+            retry_failed=not args.keep_failed, progress=not args.no_progress)
+    except (ScoreConfigError, FileNotFoundError, ValueError) as e:
+        print(f"medad score: error: {e}", file=sys.stderr)
+        return 2
+    import torch.distributed as dist
+
+    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if main:
+        print(summary.text())
+        print(f"exit code {summary.exit_code}: "
+              + ("all series scored" if summary.exit_code == 0 else
+                 f"{summary.n_failed} series and {summary.n_files_failed} files failed"))
+    from ..engine.distributed import cleanup
+
+    cleanup()
+    return summary.exit_code

@@ -1,0 +1,226 @@
+"""Helpers of :mod:`medad.engine.score`: decoding in worker processes, sharding, batch sizing, per-series writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..io import SeriesRecord, load_series
+from . import manifest as mf
+
+__all__ = ["SeriesLoader", "balanced_shards", "default_batch_size", "default_workers", "write_series_outputs"]
+
+log = logging.getLogger("medad.engine.score")
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+
+
+class _SeriesDataset(Dataset):
+    """Item ``i`` -> ``(i, MetaTensor or None, error or "", seconds)``; never raises (errors are returned)."""
+
+    def __init__(self, records: Sequence[SeriesRecord], order: Sequence[int]):
+        self.records, self.order = records, list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j: int):
+        i = self.order[j]
+        t = time.perf_counter()
+        try:
+            return i, load_series(self.records[i]), "", time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - reported per series
+            return i, None, _one_line(e), time.perf_counter() - t
+
+
+def _identity(x):
+    return x
+
+
+class SeriesLoader:
+    """Iterate ``(record, volume | None, error, load_seconds)`` over ``records`` in order, decoding ahead in
+    ``workers`` processes (a ``DataLoader``, one series per item, ``prefetch_factor=1`` so at most ``workers``
+    decoded volumes wait in memory). ``workers=0`` decodes in the calling process.
+
+    A decoding process that dies (a decoder segfault, the OOM killer) does not stop the batch: the loader restarts
+    on the remaining series; a series that is being decoded during two such deaths is reported as failed.
+    """
+
+    def __init__(self, records: Sequence[SeriesRecord], workers: int = 2):
+        self.records = list(records)
+        self.workers = max(0, int(workers))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[tuple[SeriesRecord, Any, str, float]]:
+        remaining = list(range(len(self.records)))
+        if self.workers == 0:
+            ds = _SeriesDataset(self.records, remaining)
+            for j in range(len(ds)):
+                i, vol, err, sec = ds[j]
+                yield self.records[i], vol, err, sec
+            return
+        crashes: Counter = Counter()
+        while remaining:
+            ds = _SeriesDataset(self.records, remaining)
+            loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=min(self.workers, len(ds)),
+                                collate_fn=_identity, prefetch_factor=1, persistent_workers=False)
+            got = 0
+            it = iter(loader)
+            try:
+                for i, vol, err, sec in it:
+                    got += 1
+                    yield self.records[i], vol, err, sec
+                remaining = []
+            except RuntimeError as e:
+                if "DataLoader worker" not in str(e):
+                    raise
+                del it
+                remaining = remaining[got:]
+                suspect = remaining[0]
+                crashes[suspect] += 1
+                log.warning("a decoding process died (%s); restarting on %d remaining series",
+                            " ".join(str(e).split())[:200], len(remaining))
+                if crashes[suspect] >= 2:
+                    remaining = remaining[1:]
+                    yield (self.records[suspect], None,
+                           f"WorkerCrash: the decoding process died twice on this series ({str(e)[:200]})", 0.0)
+
+
+def balanced_shards(records: Sequence[SeriesRecord], n: int) -> list[list[SeriesRecord]]:
+    """Split ``records`` into ``n`` shards of about equal slice count (greedy, largest first; deterministic).
+
+    Each shard keeps the original order.
+    """
+    def size(r: SeriesRecord) -> int:
+        return max(int((r.shape[-1] if r.shape else r.n_files) or 1), 1)
+
+    loads = [0] * n
+    owner: dict[int, int] = {}
+    for i in sorted(range(len(records)), key=lambda i: (-size(records[i]), i)):
+        r = min(range(n), key=lambda k: (loads[k], k))
+        owner[i] = r
+        loads[r] += size(records[i])
+    return [[records[i] for i in range(len(records)) if owner[i] == r] for r in range(n)]
+
+
+def default_workers() -> int:
+    """Decoding processes: half the CPUs (the rest feed the model), at least 1, at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def default_batch_size(device: torch.device | str, detector=None) -> int:
+    """Slices per model call sized to the device.
+
+    CPU: 16 (larger batches do not go faster on CPU). CUDA: as many slices as fit in half of the free memory, at an
+    estimate of the activations per slice from the backbone width/depth (``tokens * width * 4 bytes * (2*depth +
+    16)``, conservative for inference), between 8 and 512.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 16
+    free, _ = torch.cuda.mem_get_info(device)
+    width, depth, tokens = 1024, 24, 290  # ViT-L-14 at 240 px
+    visual = getattr(getattr(detector, "model", None), "visual", None)
+    if visual is not None:
+        try:
+            width = int(visual.transformer.width)
+            depth = len(visual.transformer.resblocks)
+            grid = visual.grid_size
+            tokens = int(grid[0] * grid[1]) + 1
+        except (AttributeError, TypeError):
+            pass
+    per_slice = tokens * width * 4 * (2 * depth + 16)
+    return int(max(8, min(512, (free * 0.5) // per_slice)))
+
+
+def _slices_last(mt, dim: int):
+    """MetaTensor ``[1, X, Y, Z]`` with spatial ``dim`` moved last (affine columns permuted alike)."""
+    from monai.data import MetaTensor
+
+    if dim == 2:
+        return mt
+    perm = [d for d in range(3) if d != dim] + [dim]
+    aff = mt.affine.clone()
+    aff[:3, :3] = aff[:3, perm]
+    return MetaTensor(mt.as_tensor().permute(0, *[p + 1 for p in perm]), affine=aff, meta=dict(mt.meta))
+
+
+def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, out: Path, dicom_out: bool,
+                         stow: Optional[str], overlays: int, thresholds: Sequence[float],
+                         seconds: float) -> mf.SeriesOutcome:
+    """Write one series' outputs, then its ``record.json`` (last). Never raises: errors become a failed record.
+
+    Args:
+        sdir: the series folder. rec: the record prefilled with ids (status ``failed`` with stage/error when
+            loading or scoring failed; then only the record is written).
+        volume: the source MetaTensor ``[1, X, Y, Z]`` (for overlays and DICOM references). result: the
+            :class:`medad.engine.volume.VolumeResult` or None.
+    """
+    from ..io.dicom_outputs import write_parametric_map, write_segmentation
+    from ..io.dicomweb import stow as stow_files
+    from ..io.writers import save_nifti, save_overlay_png
+
+    t = time.perf_counter()
+    stage = ""
+    try:
+        if result is not None:
+            stage = "write"
+            sdir.mkdir(parents=True, exist_ok=True)
+            rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
+            rec.n_slices = int(result.n_slices)
+            rec.volume_score = float(result.volume_score)
+            rec.top_slices = [int(k) for k in result.top_slices]
+            rec.top_slice_scores = [float(result.slice_scores[k]) for k in result.top_slices]
+            rec.slice_scores = [round(float(v), 6) for v in result.slice_scores]
+            outputs: dict[str, Any] = {"nifti": rel(save_nifti(result.anomaly_map, sdir / "anomaly_map.nii.gz"))}
+            img = _slices_last(volume, result.source_dim if result.source_dim is not None else 2)
+            amap = _slices_last(result.anomaly_map, result.source_dim if result.source_dim is not None else 2)
+            pngs = []
+            for r, k in enumerate(rec.top_slices[:overlays], start=1):
+                pngs.append(rel(save_overlay_png(img, amap, sdir / f"top{r}_slice{k:04d}.png", k)))
+            outputs["pngs"] = pngs
+            for old in sdir.glob("top*_slice*.png"):  # from an earlier run with other settings
+                if rel(old) not in pngs:
+                    old.unlink(missing_ok=True)
+            sources = list(volume.meta.get("source_files") or [])
+            if dicom_out and sources:
+                uid_base = ["medad-score", rec.key]
+                from pydicom.uid import generate_uid
+
+                outputs["pm"] = rel(write_parametric_map(
+                    result.anomaly_map, sources, sdir / "pm.dcm",
+                    series_uid=generate_uid(entropy_srcs=[*uid_base, "pm-series"]),
+                    sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "pm-instance"])))
+                outputs["seg"] = rel(write_segmentation(
+                    result.anomaly_map, sources, sdir / "seg.dcm", thresholds=thresholds or (0.5, 0.7, 0.9),
+                    series_uid=generate_uid(entropy_srcs=[*uid_base, "seg-series"]),
+                    sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "seg-instance"])))
+            elif dicom_out:
+                outputs["dicom"] = "not a DICOM series: no PM/SEG written"
+            rec.outputs = outputs
+            if stow and "pm" in outputs:
+                stage = "stow"
+                res = stow_files(stow, [out / outputs["pm"], out / outputs["seg"]])
+                outputs["stow"] = {"url": stow, "stored": len(res.stored)}
+            rec.status, rec.stage, rec.error = "ok", "", ""
+    except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+        rec.status, rec.stage, rec.error = "failed", stage, _one_line(e)
+        log.warning("series %s failed at %s: %s", rec.key, stage, rec.error)
+    rec.seconds = round(seconds + time.perf_counter() - t, 3)
+    try:
+        mf.write_record(sdir, rec)
+    except OSError as e:
+        log.error("cannot write the record of series %s in %s: %s", rec.key, sdir, e)
+    return rec

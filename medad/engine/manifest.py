@@ -1,0 +1,240 @@
+"""The on-disk state of a ``medad score`` run: per-series records, ``results.csv`` and ``manifest.jsonl``.
+
+Layout of an output folder::
+
+    OUT/run.json                         settings that change the outputs (model, intensity, thresholds...)
+    OUT/series/<dir>/anomaly_map.nii.gz  float32 map in the source geometry
+    OUT/series/<dir>/top1_slice0012.png  overlays of the most anomalous slices
+    OUT/series/<dir>/pm.dcm, seg.dcm     DICOM Parametric Map + BINARY SEG (``--dicom-out``)
+    OUT/series/<dir>/record.json         written LAST, atomically: the series is done (ok or failed)
+    OUT/results.csv                      one row per series     } regenerated from the index and the records
+    OUT/manifest.jsonl                   one line per input file } at the end of every run (also after a resume)
+    OUT/report.html                      series by score with thumbnails
+
+A series counts as done only when its ``record.json`` exists with ``status == "ok"`` and was made from the same input
+files (paths, sizes, mtimes) with the same settings (:func:`series_fingerprint`). Every other file is written
+atomically (temporary name + ``os.replace``), so a run killed at any point (even ``kill -9``) leaves complete files or
+none, and a rerun redoes exactly the series without a valid record: nothing is lost or duplicated.
+
+The records hold no timings that end up in ``results.csv``/``manifest.jsonl``, so an interrupted and resumed run gives
+byte-identical tables to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..io._atomic import atomic_path
+
+__all__ = [
+    "RECORD_NAME", "RESULTS_COLUMNS", "FAILED_REASONS", "SeriesOutcome", "series_dir_name", "series_fingerprint",
+    "read_record", "write_record", "write_text_atomic", "file_entries", "write_results_csv", "write_manifest",
+    "remove_stale_temporaries", "config_hash",
+]
+
+RECORD_NAME = "record.json"
+RECORD_VERSION = 1
+
+#: ``results.csv`` columns. Identifiers are UIDs and the series key only: no patient names or IDs.
+RESULTS_COLUMNS = ("series_key", "study_uid", "series_uid", "series_number", "modality", "body_part",
+                   "series_description", "n_files", "slices", "volume_score", "top_slices", "top_slice_scores",
+                   "status", "error", "output_dir")
+
+#: Index skip reasons (see :mod:`medad.io.dicom_index`) that mean damaged data rather than "not a volume to score":
+#: such files are reported ``failed`` (and make the exit code non-zero), the others ``skipped``.
+FAILED_REASONS = frozenset({"truncated", "unreadable"})
+
+
+@dataclass
+class SeriesOutcome:
+    """What happened to one series; serialized as ``record.json`` (the done-marker, written last).
+
+    Attributes:
+        key: the :class:`medad.io.SeriesRecord` key (SeriesInstanceUID, ``#n`` for split series, a path for NIfTI).
+        dir: folder name under ``OUT/series``.
+        status: ``"ok"`` or ``"failed"``.
+        stage: where it failed: ``"load"``, ``"score"``, ``"write"``, ``"stow"`` (empty when ok).
+        error: one-line reason (no patient identifiers).
+        fingerprint: :func:`series_fingerprint` of the inputs + settings the record was made with.
+        series: identifying fields of the source series (UIDs, modality, description, ...).
+        n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
+        outputs: paths relative to ``OUT`` (``nifti``, ``pngs``, ``pm``, ``seg``) and ``stow`` status.
+        seconds: wall time spent on the series (informative; not copied into the tables).
+    """
+
+    key: str
+    dir: str
+    status: str
+    fingerprint: str
+    series: dict[str, Any]
+    stage: str = ""
+    error: str = ""
+    n_slices: int = 0
+    volume_score: Optional[float] = None
+    top_slices: list[int] = field(default_factory=list)
+    top_slice_scores: list[float] = field(default_factory=list)
+    slice_scores: list[float] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    version: int = RECORD_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SeriesOutcome":
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def series_dir_name(key: str, modality: str = "", series_number: Optional[int] = None) -> str:
+    """Stable, filesystem-safe folder name for a series: ``<modality>_<number>_<12 hex of sha1(key)>``.
+
+    The hash makes it unique (split series ``UID#2``, NIfTI paths); modality and number make it readable.
+    """
+    h = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+    mod = re.sub(r"[^A-Za-z0-9]+", "", modality or "")[:8] or "VOL"
+    num = f"{series_number:04d}" if isinstance(series_number, int) and series_number >= 0 else "0000"
+    return f"{mod}_{num}_{h}"
+
+
+def config_hash(config: dict) -> str:
+    """Short hash of the output-relevant settings (``run.json``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def series_fingerprint(files: Sequence[str], config_digest: str) -> str:
+    """Hash of the input files' (path, size, mtime) and the settings: a record is reused only if this matches."""
+    h = hashlib.sha256(config_digest.encode())
+    for f in files:
+        try:
+            st = os.stat(f)
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8", newline="")
+    return Path(path)
+
+
+def write_record(series_dir: str | os.PathLike, outcome: SeriesOutcome) -> Path:
+    """Write ``record.json`` atomically: the last file written for a series."""
+    return write_text_atomic(Path(series_dir) / RECORD_NAME, outcome.to_json() + "\n")
+
+
+def read_record(series_dir: str | os.PathLike) -> Optional[SeriesOutcome]:
+    """The series' record, or None when absent or unreadable (an unreadable record means "not done")."""
+    path = Path(series_dir) / RECORD_NAME
+    try:
+        return SeriesOutcome.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> int:
+    """Delete temporary files (``.name.tmp-PID...``) left by a killed run; returns how many were removed."""
+    n = 0
+    for root, _, names in os.walk(out_dir):
+        for name in names:
+            if name.startswith(".") and ".tmp-" in name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+                    n += 1
+    return n
+
+
+def _fmt_score(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.6f}"
+
+
+def results_row(outcome: Optional[SeriesOutcome], series: dict, status: str = "", error: str = "") -> dict:
+    """One ``results.csv`` row. ``series`` holds the index fields; ``outcome`` None for series not scored."""
+    o = outcome
+    return {
+        "series_key": series.get("key", ""),
+        "study_uid": series.get("study_uid", ""),
+        "series_uid": series.get("series_uid", ""),
+        "series_number": "" if series.get("series_number") is None else series["series_number"],
+        "modality": series.get("modality", ""),
+        "body_part": series.get("body_part", ""),
+        "series_description": series.get("series_description", ""),
+        "n_files": series.get("n_files", ""),
+        "slices": o.n_slices if o and o.ok else (series.get("shape") or [None, None, ""])[-1],
+        "volume_score": _fmt_score(o.volume_score) if o and o.ok else "",
+        "top_slices": " ".join(map(str, o.top_slices)) if o and o.ok else "",
+        "top_slice_scores": " ".join(f"{s:.4f}" for s in o.top_slice_scores) if o and o.ok else "",
+        "status": o.status if o else status,
+        "error": (o.error if o else error).replace("\n", " "),
+        "output_dir": f"series/{o.dir}" if o else "",
+    }
+
+
+def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write ``results.csv`` atomically with :data:`RESULTS_COLUMNS`."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return write_text_atomic(path, buf.getvalue())
+
+
+def file_entries(index, outcomes: dict[str, SeriesOutcome], filtered: dict[str, str],
+                 dirs: dict[str, str]) -> list[dict]:
+    """One manifest entry per input file (in the index's walk order).
+
+    Statuses: ``scored`` (its series has an ok record), ``failed`` (its series failed, or the file is damaged:
+    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, or its series was filtered out), and
+    ``pending`` (its series has no record: only when a run stopped early).
+
+    Args:
+        index: :class:`medad.io.SeriesIndex`.
+        outcomes: series key -> record.
+        filtered: series key -> why the series was filtered out (``--modality`` etc.).
+        dirs: series key -> output folder name.
+    """
+    out = []
+    for f in index.files:
+        e: dict[str, Any] = {"path": f.path}
+        if f.status != "series":
+            e.update(status="failed" if f.reason in FAILED_REASONS else "skipped", reason=f.reason, detail=f.detail,
+                     series_key=None)
+        elif f.series_key in filtered:
+            e.update(status="skipped", reason="filtered", detail=filtered[f.series_key], series_key=f.series_key)
+        else:
+            o = outcomes.get(f.series_key)
+            if o is None:
+                e.update(status="pending", reason="not_scored", detail="the run stopped before this series was scored; "
+                         "rerun the same command to finish", series_key=f.series_key)
+            elif o.ok:
+                e.update(status="scored", reason="", detail="", series_key=f.series_key)
+            else:
+                e.update(status="failed", reason=f"series_{o.stage or 'error'}", detail=o.error,
+                         series_key=f.series_key)
+            e["output_dir"] = f"series/{dirs[f.series_key]}"
+        out.append(e)
+    return out
+
+
+def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> Path:
+    """Write ``manifest.jsonl`` atomically (one JSON object per line, keys sorted)."""
+    return write_text_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))

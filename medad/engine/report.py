@@ -1,0 +1,81 @@
+"""``report.html``: the scored series of a ``medad score`` run, most anomalous first, with top-slice thumbnails.
+
+One self-contained static page (no JavaScript framework, no network): a table sorted by volume score with the
+series' UIDs (no patient names or IDs), modality, description, slice count, top slices and links to the overlay PNGs
+and the NIfTI map; failed series are listed below with their reason. Images are linked by relative path, so the page
+works when the output folder is copied or served as is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io._atomic import atomic_path
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;
+vertical-align:top;font-size:13px}th{background:#f3f3f3;position:sticky;top:0}
+td.score{font-weight:600;font-variant-numeric:tabular-nums}img{height:96px;margin-right:4px;image-rendering:pixelated}
+.uid{font-family:monospace;font-size:11px;color:#555}.bar{background:#e74c3c;height:6px}
+.note{color:#a00;font-weight:600}
+"""
+
+
+def _e(v) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 0, filtered: int = 0,
+                 title: str = "medad anomaly scores") -> Path:
+    """Write ``report.html`` atomically.
+
+    Args:
+        path: output file (its folder is the output folder: the records' paths are relative to it).
+        outcomes: :class:`medad.engine.manifest.SeriesOutcome` records (ok and failed).
+        n_files, filtered: counts shown in the header.
+    """
+    ok = sorted((o for o in outcomes if o.ok), key=lambda o: (-(o.volume_score or 0.0), o.key))
+    failed = sorted((o for o in outcomes if not o.ok), key=lambda o: o.key)
+    top = max((o.volume_score or 0.0 for o in ok), default=1.0) or 1.0
+    rows = []
+    for rank, o in enumerate(ok, start=1):
+        s = o.series
+        thumbs = "".join(
+            f'<a href="{_e(p)}"><img src="{_e(p)}" alt="slice {k}" title="slice {k} score {sc:.3f}"></a>'
+            for p, k, sc in zip(o.outputs.get("pngs", []), o.top_slices, o.top_slice_scores))
+        nifti = o.outputs.get("nifti")
+        links = f'<a href="{_e(nifti)}">map</a>' if nifti else ""
+        for name in ("pm", "seg"):
+            if o.outputs.get(name):
+                links += f' <a href="{_e(o.outputs[name])}">{name.upper()}</a>'
+        width = max(2, int(100 * (o.volume_score or 0.0) / top))
+        rows.append(
+            f"<tr><td>{rank}</td><td class=score>{(o.volume_score or 0.0):.4f}<div class=bar style='width:{width}%'>"
+            f"</div></td><td>{_e(s.get('modality'))}</td><td>{_e(s.get('body_part'))}</td>"
+            f"<td>{_e(s.get('series_number'))} {_e(s.get('series_description'))}<div class=uid>study "
+            f"{_e(s.get('study_uid'))}<br>series {_e(o.key)}</div></td><td>{o.n_slices}</td>"
+            f"<td>{_e(' '.join(map(str, o.top_slices)))}</td><td>{thumbs}</td><td>{links}</td></tr>")
+    fails = "".join(
+        f"<tr><td class=uid>{_e(o.key)}</td><td>{_e(o.series.get('modality'))}</td>"
+        f"<td>{_e(o.series.get('series_description'))}</td><td>{_e(o.stage)}</td><td>{_e(o.error)}</td></tr>"
+        for o in failed)
+    body = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p class=note>Research use only: not for diagnosis.</p>"
+        f"<p>{len(ok)} series scored, {len(failed)} failed, {filtered} filtered out; {n_files} input files "
+        "(see manifest.jsonl for every file, results.csv for every series).</p>"
+        "<table><thead><tr><th>#</th><th>score</th><th>modality</th><th>body part</th><th>series</th><th>slices</th>"
+        "<th>top slices</th><th>top-slice overlays (plain | map)</th><th>files</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+        + (("<h2>Failed series</h2><table><thead><tr><th>series</th><th>modality</th><th>description</th>"
+            "<th>stage</th><th>reason</th></tr></thead><tbody>" + fails + "</tbody></table>") if failed else "")
+        + "</body></html>\n")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(body, encoding="utf-8")
+    return Path(path)

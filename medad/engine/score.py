@@ -1,0 +1,411 @@
+"""Batch scoring of PACS exports: every series under some folders -> anomaly maps, tables and a report.
+
+``score(inputs, out_dir)`` (and ``medad score INPUT... --out DIR``) does, in order:
+
+1. **Index** every file (:func:`medad.io.find_series`, header-only reads): series records, and one record per file
+   saying which series it belongs to or why it is skipped. Optional filters (modality, body part, series
+   description) drop whole series, which are reported as ``filtered``.
+2. **Plan**: a series whose ``record.json`` exists, is ``ok`` and matches the current input files and settings
+   (:func:`medad.engine.manifest.series_fingerprint`) is done and not scored again. The rest is sharded across
+   ``torchrun`` ranks (balanced by slice count). Rank 0 plans, all ranks follow the same plan.
+3. **Score**: worker processes (a ``torch.utils.data.DataLoader`` with ``workers`` processes) decode series with
+   :func:`medad.io.load_series` while the main process runs :class:`medad.engine.volume.VolumeRunner` on the previous
+   one; a writer thread writes the NIfTI map, PNG overlays, optional DICOM PM + SEG and STOW while the next series
+   is scored. Any error (unreadable pixels, irregular geometry, a write or STOW error) fails that series only: it gets
+   a ``failed`` record with the stage and reason, and the batch goes on.
+4. **Merge** (rank 0, after all ranks are done): ``results.csv``, ``manifest.jsonl``, ``report.html`` and
+   ``summary.json`` are regenerated from the index and the records, so a resumed run gives the same tables as an
+   uninterrupted one.
+
+Python::
+
+    from medad.engine.score import score
+    summary = score(["/exports/night1"], "/results/night1", adapters="demo", modality="CT", workers=2)
+    print(summary.n_scored, summary.n_failed, summary.results_csv)
+
+Scale-out: ``torchrun --nproc_per_node 4 -m medad score /exports --out /results`` (all ranks must see the inputs and
+the output folder, e.g. on a shared file system; ``gloo`` coordinates the ranks, each rank uses ``cuda:LOCAL_RANK``
+when CUDA is available).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .. import __version__
+from ..io import SeriesIndex, SeriesRecord, find_series
+from . import manifest as mf
+from ._score_worker import SeriesLoader, balanced_shards, default_batch_size, default_workers
+from .report import write_report
+
+__all__ = ["ScoreSummary", "ScoreConfigError", "score", "select_series"]
+
+log = logging.getLogger(__name__)
+
+
+class ScoreConfigError(ValueError):
+    """The output folder holds a run made with other settings, or the arguments are inconsistent."""
+
+
+@dataclass
+class ScoreSummary:
+    """Outcome of :func:`score` (the same on every rank).
+
+    Attributes:
+        out_dir: the output folder.
+        n_files: input files indexed; ``files_by_status``: count per manifest status (scored/skipped/failed/pending).
+        n_series: series found; ``n_selected``: after filters; ``n_filtered``: removed by filters.
+        n_scored: series with an ok record (``n_reused`` of them from an earlier run); ``n_failed``: failed series.
+        n_files_failed: damaged input files (truncated/unreadable) outside any series.
+        skip_reasons: files not scored (skipped or failed), per reason code.
+        failures: ``(series key, error)`` of failed series.
+        results_csv, manifest, report: written paths. elapsed_s: wall time of this call.
+    """
+
+    out_dir: Path
+    n_files: int = 0
+    n_series: int = 0
+    n_selected: int = 0
+    n_filtered: int = 0
+    n_scored: int = 0
+    n_reused: int = 0
+    n_failed: int = 0
+    n_files_failed: int = 0
+    n_slices: int = 0
+    files_by_status: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    results_csv: Optional[Path] = None
+    manifest: Optional[Path] = None
+    report: Optional[Path] = None
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every selected series was scored and no input file was damaged, else 1."""
+        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and self.n_scored == self.n_selected else 1
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+    def text(self) -> str:
+        """Human summary, several lines."""
+        lines = [f"{self.n_files} files, {self.n_series} series ({self.n_filtered} filtered out): "
+                 f"{self.n_scored} scored ({self.n_reused} from an earlier run), {self.n_failed} failed; "
+                 f"{self.n_files_failed} damaged files",
+                 "files: " + ", ".join(f"{k} {v}" for k, v in sorted(self.files_by_status.items()))]
+        if self.skip_reasons:
+            lines.append("files not scored, by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skip_reasons.items())))
+        lines += [f"FAILED {k}: {e}" for k, e in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"... and {len(self.failures) - 20} more failed series (see results.csv)")
+        lines.append(f"results: {self.results_csv}  manifest: {self.manifest}  report: {self.report}")
+        return "\n".join(lines)
+
+
+def _split_list(value: Optional[str | Sequence[str]]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [s.strip().upper() for s in items if s.strip()] or None
+
+
+def select_series(series: Sequence[SeriesRecord], modality=None, body_part=None,
+                  series_description: Optional[str] = None) -> tuple[list[SeriesRecord], dict[str, str]]:
+    """Apply the filters; returns ``(kept, {key: why filtered})``.
+
+    Args:
+        modality: ``"CT"``, ``"CT,MR"`` or a list (case-insensitive, exact).
+        body_part: BodyPartExamined values, as ``modality``.
+        series_description: regular expression searched (case-insensitive) in SeriesDescription.
+    """
+    mods, parts = _split_list(modality), _split_list(body_part)
+    rx = re.compile(series_description, re.I) if series_description else None
+    kept, filtered = [], {}
+    for s in series:
+        if mods and s.modality.upper() not in mods:
+            filtered[s.key] = f"modality {s.modality or '(none)'!r} not in {mods}"
+        elif parts and s.body_part.upper() not in parts:
+            filtered[s.key] = f"body part {s.body_part or '(none)'!r} not in {parts}"
+        elif rx and not rx.search(s.series_description):
+            filtered[s.key] = f"series description does not match {series_description!r}"
+        else:
+            kept.append(s)
+    return kept, filtered
+
+
+def _run_config(det, *, axis, intensity, top_k, overlays, dicom_out) -> dict:
+    """Everything that changes the outputs (not workers/batch size/device)."""
+    adapters = det.metadata.get("adapters_sha256") or det.metadata.get("checkpoint_sha256") or ""
+    return {"medad": __version__, "backbone": det.backbone, "backbone_sha256": det.metadata.get("backbone_sha256", ""),
+            "adapters": str(det.metadata.get("adapters_source", "")), "adapters_sha256": adapters,
+            "object_name": det.object_name, "thresholds": list(getattr(det, "thresholds", ())),
+            "axis": axis, "intensity": str(intensity), "top_k": int(top_k), "overlays": int(overlays),
+            "dicom_out": bool(dicom_out)}
+
+
+def _check_run_json(out: Path, config: dict, overwrite: bool) -> None:
+    path = out / "run.json"
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise ScoreConfigError(
+                f"{out} holds results made with other settings (differences: {', '.join(diff)}). Use a new --out "
+                "folder, or pass --overwrite to rescore everything there with the new settings.")
+    mf.write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + "\n")
+
+
+@dataclass
+class _Plan:
+    index: SeriesIndex
+    selected: list[SeriesRecord]
+    filtered: dict[str, str]
+    dirs: dict[str, str]
+    fingerprints: dict[str, str]
+    todo: list[str]
+    error: str = ""
+
+
+def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, overwrite,
+               retry_failed, stow, progress) -> _Plan:
+    index = find_series(inputs, progress=progress)
+    selected, filtered = select_series(index.series, modality, body_part, series_description)
+    _check_run_json(out, config, overwrite)
+    mf.remove_stale_temporaries(out)
+    digest = mf.config_hash(config)
+    dirs = {s.key: mf.series_dir_name(s.key, s.modality, s.series_number) for s in index.series}
+    fps = {s.key: mf.series_fingerprint(s.files, digest) for s in selected}
+    todo = []
+    for s in selected:
+        rec = None if overwrite else mf.read_record(out / "series" / dirs[s.key])
+        done = rec is not None and rec.fingerprint == fps[s.key] and (rec.ok or not retry_failed)
+        if done and stow and rec.ok and rec.outputs.get("stow", {}).get("url") != stow:
+            done = False  # scored before, but not sent to this server yet
+        if not done:
+            todo.append(s.key)
+    return _Plan(index, selected, filtered, dirs, fps, todo)
+
+
+def _broadcast(obj: Any, dist_on: bool) -> Any:
+    if not dist_on:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def score(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    adapters: Optional[str | os.PathLike] = "demo",
+    backbone: Optional[str] = None,
+    weights: Optional[str | os.PathLike] = None,
+    object_name: Optional[str] = None,
+    modality: Optional[str | Sequence[str]] = None,
+    body_part: Optional[str | Sequence[str]] = None,
+    series_description: Optional[str] = None,
+    dicom_out: bool = False,
+    stow: Optional[str] = None,
+    workers: Optional[int] = None,
+    device: Optional[str] = None,
+    batch_size: Optional[int] = None,
+    top_k: int = 5,
+    overlays: int = 3,
+    axis: str = "axial",
+    intensity: str = "auto",
+    precision: str = "fp32",
+    overwrite: bool = False,
+    retry_failed: bool = True,
+    progress: bool = True,
+    detector=None,
+) -> ScoreSummary:
+    """Score every series under ``inputs`` into ``out_dir`` (resumable; see the module docstring).
+
+    Args:
+        inputs: folders and/or files (walked recursively).
+        out_dir: output folder (created). Rerunning the same call finishes an interrupted run.
+        adapters, backbone, weights, object_name, precision: the model, as :func:`medad.load_detector`
+            (``adapters="demo"``: the embedded demo model, not for clinical use).
+        modality, body_part: keep only these (``"CT"``, ``"CT,MR"``); series_description: regex to keep.
+        dicom_out: also write a DICOM Parametric Map and a BINARY SEG per DICOM series.
+        stow: DICOMweb root URL: send the PM and SEG there (implies ``dicom_out``).
+        workers: decoding processes (0 = decode in the main process); default half the CPUs, at most 4.
+        device: ``"cpu"``, ``"cuda"``; default CUDA when available (``cuda:LOCAL_RANK`` under torchrun).
+        batch_size: slices per model call; default sized to the device.
+        top_k: slices in ``top_slices`` and in the volume score; overlays: how many of them get a PNG.
+        axis, intensity: slicing axis and intensity rule of :class:`medad.engine.volume.VolumeRunner`.
+        overwrite: ignore earlier records and settings in ``out_dir`` and rescore everything.
+        retry_failed: rescore series whose earlier record is ``failed`` (default); False keeps them failed.
+        progress: tqdm bars for indexing and for series.
+        detector: an already built detector (then ``adapters``/``backbone``/... are ignored).
+
+    Returns:
+        :class:`ScoreSummary` (``summary.exit_code`` is 0 only when nothing failed).
+    """
+    from .distributed import barrier, init_distributed
+    from .volume import VolumeRunner
+
+    t0 = time.perf_counter()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [str(Path(p)) for p in inputs]
+    dicom_out = bool(dicom_out or stow)
+    info = init_distributed(device, timeout_s=7 * 24 * 3600)
+    dist_on = info.distributed
+    dev = info.device if (dist_on or device is None) else torch.device(device)
+
+    if detector is None:
+        import medad
+
+        detector = medad.load_detector(backbone=backbone, weights=weights, adapters=adapters,
+                                       object_name=object_name, device=str(dev), precision=precision)
+        if adapters is not None:
+            from ..factory import DEMO_ADAPTERS
+            from ..weights import sha256_file
+
+            detector.metadata.setdefault("adapters_source", str(adapters))
+            detector.metadata.setdefault("adapters_sha256", sha256_file(
+                DEMO_ADAPTERS if str(adapters) == "demo" else adapters))
+    config = _run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
+                         dicom_out=dicom_out)
+
+    plan = None
+    if info.main:
+        try:
+            plan = _make_plan(inputs, out, config, modality=modality, body_part=body_part,
+                              series_description=series_description, overwrite=overwrite,
+                              retry_failed=retry_failed, stow=stow, progress=progress)
+        except (ScoreConfigError, FileNotFoundError, re.error) as e:
+            plan = _Plan(SeriesIndex(), [], {}, {}, {}, [], error=f"{type(e).__name__}: {e}")
+    plan = _broadcast(plan, dist_on)
+    if plan.error:
+        raise ScoreConfigError(plan.error)
+
+    by_key = {s.key: s for s in plan.selected}
+    todo = [by_key[k] for k in plan.todo]
+    mine = balanced_shards(todo, info.world_size)[info.rank]
+    bs = batch_size or default_batch_size(dev, detector)
+    runner = VolumeRunner(detector, batch_size=bs, axis=axis, intensity=intensity, top_k=top_k)
+    nworkers = default_workers() if workers is None else int(workers)
+    log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
+             info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
+    if mine:
+        _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
+                     workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])
+    barrier()
+    summary = None
+    if info.main:
+        summary = _merge(out, plan, n_todo=len(todo))
+        summary.elapsed_s = round(time.perf_counter() - t0, 3)
+        mf.write_text_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=1, sort_keys=True) + "\n")
+    summary = _broadcast(summary, dist_on)
+    return summary
+
+
+def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, config: dict, *, dicom_out, stow,
+                 overlays, workers, progress, position, thresholds) -> None:
+    """Score this rank's series: decode in workers, score here, write in a background thread."""
+    from tqdm.auto import tqdm
+
+    from ._score_worker import write_series_outputs
+
+    bar = tqdm(total=len(series), desc="series scored" if position == 0 else f"series scored (rank {position})",
+               unit="series", position=position, disable=not progress, leave=True)
+    pending: Optional[Future] = None
+
+    def finish(fut: Optional[Future]) -> None:
+        if fut is not None:
+            rec = fut.result()  # write_series_outputs never raises: errors become failed records
+            bar.set_postfix_str(f"last {rec.status}", refresh=False)
+            bar.update(1)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medad-writer") as pool:
+        for record, volume, error, load_s in SeriesLoader(series, workers=workers):
+            sdir = out / "series" / plan.dirs[record.key]
+            base = mf.SeriesOutcome(key=record.key, dir=plan.dirs[record.key], status="failed",
+                                    fingerprint=plan.fingerprints[record.key], series=_series_fields(record))
+            t = time.perf_counter()
+            result = None
+            if error:
+                base.stage, base.error = "load", error
+            else:
+                try:
+                    result = runner.run(volume)
+                except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+                    base.stage, base.error = "score", f"{type(e).__name__}: {_one_line(e)}"
+                    log.warning("series %s failed while scoring: %s", record.key, base.error)
+            finish(pending)  # keep at most one series in the writer: memory stays bounded
+            pending = pool.submit(write_series_outputs, sdir, base, volume, result, out=out, dicom_out=dicom_out,
+                                  stow=stow, overlays=overlays, thresholds=thresholds,
+                                  seconds=load_s + time.perf_counter() - t)
+        finish(pending)
+    bar.close()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:500]
+
+
+def _series_fields(s: SeriesRecord) -> dict:
+    d = s.to_dict()
+    d.pop("files", None)
+    return d
+
+
+def _merge(out: Path, plan: _Plan, n_todo: int) -> ScoreSummary:
+    """Regenerate results.csv, manifest.jsonl and report.html from the index and the records."""
+    outcomes: dict[str, mf.SeriesOutcome] = {}
+    rows = []
+    for s in plan.index.series:
+        fields = _series_fields(s)
+        if s.key in plan.filtered:
+            rows.append(mf.results_row(None, fields, status="filtered", error=plan.filtered[s.key]))
+            continue
+        rec = mf.read_record(out / "series" / plan.dirs[s.key])
+        if rec is not None and rec.fingerprint != plan.fingerprints[s.key]:
+            rec = None
+        if rec is not None:
+            outcomes[s.key] = rec
+        rows.append(mf.results_row(rec, fields, status="pending", error="not scored yet (run stopped); rerun"))
+    results = mf.write_results_csv(out / "results.csv", rows)
+    entries = mf.file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
+    manifest = mf.write_manifest(out / "manifest.jsonl", entries)
+    report = write_report(out / "report.html", [outcomes[s.key] for s in plan.selected if s.key in outcomes],
+                          n_files=len(entries), filtered=len(plan.filtered))
+    by_status: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for e in entries:
+        by_status[e["status"]] = by_status.get(e["status"], 0) + 1
+        if e["status"] != "scored" and e.get("reason"):
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    ok = [o for o in outcomes.values() if o.ok]
+    failed = [o for o in outcomes.values() if not o.ok]
+    return ScoreSummary(
+        out_dir=out, n_files=len(entries), n_series=len(plan.index.series), n_selected=len(plan.selected),
+        n_filtered=len(plan.filtered), n_scored=len(ok), n_reused=len(plan.selected) - n_todo, n_failed=len(failed),
+        n_files_failed=sum(1 for f in plan.index.files if f.status != "series" and f.reason in mf.FAILED_REASONS),
+        n_slices=sum(o.n_slices for o in ok), files_by_status=by_status, skip_reasons=reasons,
+        failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed], results_csv=results, manifest=manifest,
+        report=report)

@@ -1,0 +1,122 @@
+"""``medad.engine.score`` on a generated messy PACS export: accountability, statuses, outputs, resume, filters."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from score_export import expected_for, make_messy_export
+
+from medad.engine.score import ScoreConfigError, score
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return make_messy_export(tmp_path_factory.mktemp("pacs"))
+
+
+@pytest.fixture(scope="module")
+def scored(export, tmp_path_factory, tiny_detector):
+    out = tmp_path_factory.mktemp("scored") / "out"
+    summary = score([export], out, detector=tiny_detector, workers=1, progress=False, batch_size=4)
+    return out, summary
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def _results(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_file_accounted_for_with_the_right_status(export, scored):
+    out, summary = scored
+    entries = _manifest(out)
+    on_disk = sorted(str(p) for p in export.rglob("*") if p.is_file())
+    assert sorted(e["path"] for e in entries) == on_disk  # every input file exactly once
+    for e in entries:
+        rel = Path(e["path"]).relative_to(export).as_posix()
+        status, reason = expected_for(rel)
+        assert (e["status"], e["reason"]) == (status, reason), rel
+        if status == "scored":
+            assert (out / e["output_dir"] / "record.json").is_file()
+    assert summary.n_files == len(on_disk) == 37
+    assert summary.files_by_status == {"scored": 26, "skipped": 5, "failed": 6}
+    assert summary.skip_reasons["truncated"] == 1 and summary.skip_reasons["localizer"] == 2
+
+
+def test_results_for_the_good_series_and_failures_reported(export, scored):
+    out, summary = scored
+    rows = _results(out)
+    assert len(rows) == 5
+    by_desc = {r["series_description"]: r for r in rows}
+    assert {d: r["status"] for d, r in by_desc.items()} == {
+        "Head CT": "ok", "Head CT thin": "ok", "FLAIR": "ok", "Head CT RLE": "ok", "Corrupt pixels": "failed"}
+    assert "SeriesLoadError" in by_desc["Corrupt pixels"]["error"] and by_desc["Corrupt pixels"]["volume_score"] == ""
+    assert by_desc["FLAIR"]["modality"] == "MR"
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        tops = [int(k) for k in r["top_slices"].split()]
+        n = int(r["slices"])
+        assert n == {"Head CT": 8}.get(r["series_description"], 6)
+        assert 1 <= len(tops) <= 5 and all(0 <= k < n for k in tops)
+        assert 0.0 <= float(r["volume_score"]) <= 1.0
+        sdir = out / r["output_dir"]
+        img = nib.load(sdir / "anomaly_map.nii.gz")
+        assert img.shape == (40, 36, n) and img.get_data_dtype() == np.float32
+        data = np.asarray(img.dataobj)
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+        assert sorted(p.name for p in sdir.glob("top*.png")) == sorted(
+            f"top{i}_slice{k:04d}.png" for i, k in enumerate(tops[:3], start=1))
+    assert summary.n_scored == 4 and summary.n_failed == 1 and summary.n_files_failed == 1
+    assert summary.exit_code == 1
+    assert [k for k, _ in summary.failures] == [by_desc["Corrupt pixels"]["series_key"]]
+
+
+def test_no_patient_identifiers_in_tables_and_report(scored):
+    out, _ = scored
+    for name in ("results.csv", "manifest.jsonl", "report.html", "summary.json"):
+        text = (out / name).read_text()
+        assert "PHANTOM^SYNTHETIC" not in text and "ANON-PHANTOM" not in text, name
+    html = (out / "report.html").read_text()
+    rows = [r for r in _results(out) if r["status"] == "ok"]
+    best = max(rows, key=lambda r: float(r["volume_score"]))
+    assert html.index(best["series_key"]) < min(html.index(r["series_key"]) for r in rows if r is not best)
+    assert html.count("<img ") == 12 and "Failed series" in html
+
+
+def test_rerun_reuses_done_series_and_changes_nothing(export, scored, tiny_detector):
+    out, _ = scored
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent.name != "out"}
+    tables = {n: (out / n).read_bytes() for n in ("results.csv", "manifest.jsonl")}
+    summary = score([export], out, detector=tiny_detector, workers=0, progress=False, retry_failed=False)
+    assert summary.n_reused == 5 and summary.n_scored == 4
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before  # no series output rewritten
+    assert {n: (out / n).read_bytes() for n in tables} == tables
+
+
+def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
+    out = tmp_path / "mr"
+    s = score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr")
+    assert (s.n_selected, s.n_scored, s.n_filtered, s.exit_code) == (1, 1, 4, 1)  # exit 1: the truncated file
+    rows = _results(out)
+    assert sorted(r["status"] for r in rows) == ["filtered"] * 4 + ["ok"]
+    filtered = [e for e in _manifest(out) if e["reason"] == "filtered"]
+    assert len(filtered) == 8 + 6 + 6 + 5 and all("modality" in e["detail"] for e in filtered)
+    s = score([export], tmp_path / "desc", detector=tiny_detector, workers=0, progress=False,
+              series_description="^head ct$")
+    assert s.n_selected == 1
+    with pytest.raises(ScoreConfigError, match="other settings"):
+        score([export], out, detector=tiny_detector, workers=0, progress=False, top_k=2)
+    with pytest.raises(ScoreConfigError, match="neither a file nor a folder"):
+        score([export / "nope"], tmp_path / "x", detector=tiny_detector, progress=False)
+    assert not any(n.startswith(".") for _, _, names in os.walk(out) for n in names)  # no temporaries left
