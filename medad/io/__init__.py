@@ -16,7 +16,7 @@ from .dicom_outputs import (
 )
 from .dicomweb import StowError, StowResult, stow
 from .readers import SeriesLoadError, load_series, load_volume, metatensor_from_hd_volume, read_nifti
-from .writers import heat_colormap, save_nifti, save_overlay_png
+from .writers import heat_colormap, save_nifti, save_overlay_png, write_nifti
 
 __all__ = [
     "DEFAULT_SEGMENT_LABELS",
@@ -38,5 +38,6 @@ __all__ = [
     "save_overlay_png",
     "stow",
     "write_parametric_map",
+    "write_nifti",
     "write_segmentation",
 ]

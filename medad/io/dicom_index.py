@@ -156,7 +156,10 @@ def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
     """After a ``stop_before_pixels`` read, check that Pixel Data exists and is complete; return a skip reason."""
     pos = fp.tell()
     if pos >= size:
-        return "no_pixel_data", "the file has no Pixel Data element"
+        if all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
+            return "no_pixel_data", "the file has no Pixel Data element"
+        # pydicom stops silently at end of file: an image without Rows/Columns/BitsAllocated was cut short
+        return "truncated", f"file ends inside the DICOM header after {size} bytes (no Rows/Columns/Pixel Data)"
     implicit, little = getattr(ds, "original_encoding", (False, True))
     if implicit is None:
         return None
@@ -379,10 +382,12 @@ def find_series(
                                                "several slices at one position and no AcquisitionNumber/EchoNumbers/"
                                                "TemporalPositionIdentifier separates them (4D or merged series)")
             continue
-        n_geom = sum(1 for k in singles if k[1] == gkey[1])
+        siblings = [k for k in singles if k[1] == gkey[1]]
+        differs = [i for i in (0, 2, 3, 4, 5) if len({k[i] for k in siblings}) > 1]
+        names = {0: f"study {gkey[0]}", 2: f"frame of reference {gkey[2]}", 3: f"orientation {gkey[3]}",
+                 4: f"size {gkey[4][1]}x{gkey[4][0]}", 5: f"pixel spacing {gkey[5]}"}
         for label, es in split:
-            if n_geom > 1:
-                label = ", ".join(x for x in (f"{gkey[4][1]}x{gkey[4][0]} orientation {gkey[3]}", label) if x)
+            label = ", ".join([names[i] for i in differs] + ([label] if label else []))
             by_series[gkey[1]].append((label, sorted(es, key=lambda e: e["z"])))
     for series_uid, groups in by_series.items():
         for i, (label, es) in enumerate(groups):

@@ -16,7 +16,7 @@ given, so re-running a batch rewrites the same instances instead of duplicating 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +58,22 @@ def _map_array_affine(anomaly_map) -> tuple[np.ndarray, np.ndarray]:
     return arr, np.asarray(affine, dtype=np.float64)
 
 
-def _read_sources(source_files: Sequence[str | os.PathLike]):
+def _source_paths(source_files) -> list[str]:
+    """``source_files`` as paths: a sequence of paths, one path, or a volume whose ``meta["source_files"]`` lists them."""
+    meta = getattr(source_files, "meta", None)
+    if meta is not None:
+        source_files = meta.get("source_files") or []
+    if isinstance(source_files, (str, os.PathLike)):
+        source_files = [source_files]
+    return [str(f) for f in source_files]
+
+
+def _read_sources(source_files):
     """Headers of the source instances and the highdicom geometry of the source volume."""
     import highdicom as hd
     import pydicom
 
-    files = [str(f) for f in source_files]
+    files = _source_paths(source_files)
     if not files:
         raise ValueError("source_files is empty: pass the DICOM files of the series the map was computed on "
                          "(volume.meta['source_files'])")
@@ -132,7 +142,8 @@ def write_parametric_map(
 
     Args:
         anomaly_map: ``MetaTensor [1, X, Y, Z]`` on the source series' voxel grid (any axis order).
-        source_files: the DICOM files of the source series (``volume.meta["source_files"]``) or the one multi-frame file.
+        source_files: the DICOM files of the source series (``volume.meta["source_files"]``), the one multi-frame
+            file, or the source volume itself.
         path: output ``.dcm`` path (folder created).
         series_description: SeriesDescription shown in viewers.
         series_number: SeriesNumber of the new series.
@@ -181,7 +192,7 @@ def write_segmentation(
     path: str | os.PathLike,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    labels: Sequence[str] = DEFAULT_SEGMENT_LABELS,
+    labels: Sequence[str] | Mapping[str, int] = DEFAULT_SEGMENT_LABELS,
     series_description: str = "Anomaly segmentation (research use only)",
     series_number: int = 902,
     series_uid: str | None = None,
@@ -192,14 +203,16 @@ def write_segmentation(
 
     Segment ``k`` (label ``labels[k-1]``) holds voxels with ``thresholds[k-1] <= map < thresholds[k]`` (the last one is
     open-ended), i.e. exactly ``grade_map(map, thresholds) == k``; reading it back with
-    ``highdicom.seg.segread(path).get_volume(combine_segments=True)`` returns that label map.
+    ``highdicom.seg.segread(path).get_volume(combine_segments=True)`` returns that label map. An integer (or bool)
+    map is taken as an already graded label map (values ``0..len(labels)``) and ``thresholds`` are not used.
 
     Args:
         anomaly_map: ``MetaTensor [1, X, Y, Z]`` on the source series' voxel grid (any axis order).
-        source_files: the DICOM files of the source series (or the one multi-frame file).
+        source_files: the DICOM files of the source series (or the one multi-frame file), or the source volume
+            (its ``meta["source_files"]``).
         path: output ``.dcm`` path.
         thresholds: strictly increasing, one per label (calibrated thresholds from the model, not these defaults).
-        labels: segment labels.
+        labels: segment labels in grade order, or a ``{label: value}`` dict (``"background"`` ignored).
         series_description, series_number, series_uid, sop_instance_uid, manufacturer_model_name: as for
             :func:`write_parametric_map`.
 
@@ -209,11 +222,21 @@ def write_segmentation(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    if len(labels) != len(thresholds):
-        raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(thresholds)} thresholds")
+    if isinstance(labels, Mapping):  # {"anomaly_low": 1, ...} as in MONAI Label label dicts
+        labels = [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1]) if name != "background"]
+    labels = list(labels)
     datasets, geom = _read_sources(source_files)
     vol = _matched_volume(anomaly_map, datasets, geom)
-    graded = vol.with_array(grade_map(vol.array, thresholds))
+    if np.issubdtype(vol.array.dtype, np.integer) or vol.array.dtype == bool:  # already a graded label map
+        graded_arr = vol.array.astype(np.uint8)
+        if graded_arr.max(initial=0) > len(labels):
+            raise ValueError(f"label map holds value {graded_arr.max()} but only {len(labels)} labels were given")
+    else:
+        if len(labels) != len(thresholds):
+            raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(thresholds)} "
+                             "thresholds")
+        graded_arr = grade_map(vol.array, thresholds)
+    graded = vol.with_array(graded_arr)
     algo = hd.AlgorithmIdentificationSequence(name=manufacturer_model_name, version=_version(),
                                               family=codes.cid7162.ArtificialIntelligence)
     descs = [hd.seg.SegmentDescription(

@@ -14,7 +14,7 @@ import torch
 
 from ._atomic import atomic_path
 
-__all__ = ["heat_colormap", "save_nifti", "save_overlay_png"]
+__all__ = ["heat_colormap", "save_nifti", "save_overlay_png", "write_nifti"]
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -56,6 +56,10 @@ def save_nifti(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.f
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+#: Alias of :func:`save_nifti`.
+write_nifti = save_nifti
 
 
 def heat_colormap(values: np.ndarray) -> np.ndarray:

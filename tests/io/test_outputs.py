@@ -1,0 +1,169 @@
+"""Writers: Parametric Map and SEG read back with highdicom on the source geometry, PNG overlays, STOW-RS."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import torch
+from io_helpers import SHAPE, oblique_affine
+from monai.data import MetaTensor
+from monai.transforms import Orientation, SpatialCrop
+
+from medad.data import write_dicom_series
+from medad.io import (
+    StowError,
+    grade_map,
+    load_volume,
+    metatensor_from_hd_volume,
+    save_overlay_png,
+    stow,
+    write_parametric_map,
+    write_segmentation,
+)
+
+THRESHOLDS = (0.3, 0.6, 0.85)
+
+
+@pytest.fixture(scope="module")
+def oblique_series(tmp_path_factory, small_ct):
+    """An oblique, descending-InstanceNumber series, its volume and a smooth [0, 1] map on its grid."""
+    hu, mask, _ = small_ct
+    folder = tmp_path_factory.mktemp("src")
+    write_dicom_series(hu, oblique_affine(), folder, seed="out", descending_instance_numbers=True)
+    vol = load_volume(folder)
+    amap = vol.clone()
+    x, y, z = np.meshgrid(*[np.linspace(0, 1, n) for n in SHAPE], indexing="ij")
+    amap[0] = torch.from_numpy(((x + 2 * y + 3 * z) / 6).astype(np.float32))
+    return vol, amap
+
+
+def _geometry_equal(path, vol):
+    ds = hd.imread(path)
+    src = hd.get_volume_from_series([pydicom.dcmread(f) for f in vol.meta["source_files"]])
+    return ds.get_volume_geometry().geometry_equal(src.get_geometry())
+
+
+def test_parametric_map_round_trip(tmp_path, oblique_series):
+    vol, amap = oblique_series
+    out = write_parametric_map(amap, vol.meta["source_files"], tmp_path / "pm.dcm")
+    pm = hd.imread(out)
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and "FloatPixelData" in pm
+    assert int(pm.NumberOfFrames) == SHAPE[2]
+    assert pm.FrameOfReferenceUID == pydicom.dcmread(vol.meta["source_files"][0]).FrameOfReferenceUID
+    back = metatensor_from_hd_volume(pm.get_volume(dtype=np.float32))
+    np.testing.assert_allclose(back.affine.numpy(), vol.affine.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(back.numpy(), amap.numpy())
+    assert _geometry_equal(out, vol)
+    refs = {r.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert refs == {pydicom.dcmread(f).SOPInstanceUID for f in vol.meta["source_files"]}
+    # deterministic UIDs: a rerun rewrites the same instance
+    again = pydicom.dcmread(write_parametric_map(amap, vol, tmp_path / "pm2.dcm"))
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (pm.SOPInstanceUID, pm.SeriesInstanceUID)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pm.dcm", "pm2.dcm"]  # no temporary files left
+
+
+def test_segmentation_round_trip_slice_for_slice(tmp_path, oblique_series):
+    vol, amap = oblique_series
+    out = write_segmentation(amap, vol.meta["source_files"], tmp_path / "seg.dcm", thresholds=THRESHOLDS)
+    seg = hd.seg.segread(out)
+    assert seg.SegmentationType == "BINARY"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anomaly_low", "anomaly_mid", "anomaly_high"]
+    back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
+    expected = grade_map(amap[0].numpy(), THRESHOLDS)
+    assert set(np.unique(expected)) == {0, 1, 2, 3}
+    np.testing.assert_allclose(back.affine.numpy(), vol.affine.numpy(), atol=1e-5)
+    for k in range(SHAPE[2]):
+        np.testing.assert_array_equal(back[0, :, :, k].numpy(), expected[:, :, k])
+
+
+def test_writers_accept_reoriented_map_and_label_maps(tmp_path, oblique_series):
+    """A map still in the runner's RAS-reoriented layout is matched back onto the source frames."""
+    vol, amap = oblique_series
+    ras = Orientation(axcodes="RAS", labels=None)(amap)
+    assert ras.shape != amap.shape or not torch.equal(ras.affine, amap.affine)
+    pm = hd.imread(write_parametric_map(ras, vol, tmp_path / "pm.dcm"))
+    np.testing.assert_array_equal(metatensor_from_hd_volume(pm.get_volume(dtype=np.float32)).numpy(), amap.numpy())
+    labels = MetaTensor(torch.from_numpy(grade_map(amap[0].numpy(), THRESHOLDS))[None], affine=amap.affine)
+    assert labels.dtype == torch.uint8
+    out = write_segmentation(labels, vol, tmp_path / "seg.dcm",
+                             labels={"background": 0, "anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3})
+    back = metatensor_from_hd_volume(hd.seg.segread(out).get_volume(combine_segments=True))
+    np.testing.assert_array_equal(back[0].numpy(), labels[0].numpy())
+
+
+def test_map_on_another_grid_is_refused(tmp_path, oblique_series):
+    vol, amap = oblique_series
+    aff = amap.affine.clone()
+    aff[:3, 0] *= 2
+    coarse = MetaTensor(amap[:, ::2].as_tensor().clone(), affine=aff)  # resampled to half the columns: not the source grid any more
+    with pytest.raises(ValueError, match="not on the voxel grid"):
+        write_parametric_map(coarse, vol.meta["source_files"], tmp_path / "pm.dcm")
+    # a crop of the source grid is fine: highdicom pads it back with zeros
+    cropped = SpatialCrop(roi_start=(2, 0, 0), roi_end=SHAPE)(amap)  # updates the affine, unlike amap[:, 2:]
+    crop = write_parametric_map(cropped, vol, tmp_path / "crop.dcm")
+    back = metatensor_from_hd_volume(hd.imread(crop).get_volume(dtype=np.float32))
+    np.testing.assert_array_equal(back[0, 2:].numpy(), amap[0, 2:].numpy())
+    assert float(back[0, :2].abs().max()) == 0.0
+    crop.unlink()
+    with pytest.raises(ValueError, match="strictly increasing"):
+        write_segmentation(amap, vol, tmp_path / "seg.dcm", thresholds=(0.5, 0.5, 0.9))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overlay_png(tmp_path, oblique_series):
+    from PIL import Image
+
+    vol, amap = oblique_series
+    out = save_overlay_png(vol, amap, tmp_path / "ov.png", [0, 5, 9], columns=2)
+    img = np.asarray(Image.open(out))
+    # each tile is (plain | overlay); in-plane display size is Y rows x X columns for an axial slice
+    assert img.shape == (2 * SHAPE[1], 2 * 2 * SHAPE[0], 3)
+    plain, over = img[:SHAPE[1], :SHAPE[0]], img[:SHAPE[1], SHAPE[0]:2 * SHAPE[0]]
+    assert np.all(plain[..., 0] == plain[..., 1]) and not np.array_equal(plain, over)
+    with pytest.raises(ValueError, match="out of range"):
+        save_overlay_png(vol, amap, tmp_path / "bad.png", 10)
+
+
+class _FakeStow(http.server.BaseHTTPRequestHandler):
+    received: list[bytes] = []
+    fail_uid: str | None = None
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(body)
+        resp = b"{}"
+        if self.fail_uid and self.fail_uid.encode() in body:
+            resp = (b'{"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["%s"]}, '
+                    b'"00081197": {"vr": "US", "Value": [272]}}]}}' % self.fail_uid.encode())
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(resp)))
+        self.end_headers()
+        self.wfile.write(resp)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_stow_to_local_dicomweb(tmp_path, oblique_series):
+    vol, amap = oblique_series
+    pm = write_parametric_map(amap, vol, tmp_path / "pm.dcm")
+    seg = write_segmentation(amap, vol, tmp_path / "seg.dcm", thresholds=THRESHOLDS)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeStow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/dicom-web"
+    try:
+        res = stow(url, [pm, seg], batch_size=1)
+        assert res.stored == [pydicom.dcmread(p).SOPInstanceUID for p in (pm, seg)] and res.failed == []
+        assert len(_FakeStow.received) == 2 and b"application/dicom" in _FakeStow.received[0]
+        _FakeStow.fail_uid = str(pydicom.dcmread(seg).SOPInstanceUID)
+        with pytest.raises(StowError, match="refused 1 of 2") as err:
+            stow(url, [pm, seg])
+        assert err.value.result.failed == [(_FakeStow.fail_uid, "272")]
+    finally:
+        server.shutdown()
