@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     dst = Path(path)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}{_suffix(dst.name)}")
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{_suffix(dst.name)}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # make the bytes durable before the rename

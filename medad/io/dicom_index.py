@@ -161,7 +161,8 @@ def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
         # pydicom stops silently at end of file: an image without Rows/Columns/BitsAllocated was cut short
         return "truncated", f"file ends inside the DICOM header after {size} bytes (no Rows/Columns/Pixel Data)"
     implicit, little = getattr(ds, "original_encoding", (False, True))
-    if implicit is None:
+    ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    if implicit is None or ts == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
         return None
     head = fp.read(12)
     if len(head) < 8:
@@ -178,9 +179,9 @@ def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
             return "truncated", f"file ends inside the Pixel Data header ({size} bytes)"
         (length,) = struct.unpack(end + "L", head[8:12])
         hdr = 12
-    if length == 0xFFFFFFFF:  # encapsulated: must end with a Sequence Delimitation Item
-        fp.seek(max(size - 8, 0))
-        if fp.read(4) != struct.pack(end + "HH", 0xFFFE, 0xE0DD):
+    if length == 0xFFFFFFFF:  # encapsulated: ends with a Sequence Delimitation Item (maybe + trailing padding)
+        fp.seek(max(size - 1024, pos))
+        if fp.read().rfind(struct.pack(end + "HHL", 0xFFFE, 0xE0DD, 0)) < 0:
             return "truncated", "encapsulated Pixel Data has no sequence delimiter (file cut short)"
         return None
     if pos + hdr + length > size:
@@ -244,7 +245,8 @@ def _split_duplicates(entries: list[dict]) -> tuple[list[tuple[str, list[dict]]]
 
     if not dup(entries):
         return [("", entries)], True
-    for kw in ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier", "TriggerTime", "ImageType"):
+    for kw in ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier", "TriggerTime", "DiffusionBValue",
+               "ImageType"):
         groups: dict[str, list[dict]] = defaultdict(list)
         for e in entries:
             groups[e[kw]].append(e)
@@ -292,6 +294,7 @@ def _entry(path: str, ds) -> dict | tuple[str, str]:
         "spacing": tuple(np.round(spacing, 4)),
         "AcquisitionNumber": _s(ds, "AcquisitionNumber"), "EchoNumbers": _s(ds, "EchoNumbers"),
         "TemporalPositionIdentifier": _s(ds, "TemporalPositionIdentifier"), "TriggerTime": _s(ds, "TriggerTime"),
+        "DiffusionBValue": _s(ds, "DiffusionBValue"),
         "ImageType": "\\".join(map(str, ds.get("ImageType") or [])), "ds": ds,
     }
 
@@ -380,7 +383,8 @@ def find_series(
             for e in entries:
                 status[e["path"]] = FileRecord(e["path"], "skipped", "duplicate_positions",
                                                "several slices at one position and no AcquisitionNumber/EchoNumbers/"
-                                               "TemporalPositionIdentifier separates them (4D or merged series)")
+                                               "TemporalPositionIdentifier/TriggerTime/DiffusionBValue separates "
+                                               "them (4D or merged series)")
             continue
         siblings = [k for k in singles if k[1] == gkey[1]]
         differs = [i for i in (0, 2, 3, 4, 5) if len({k[i] for k in siblings}) > 1]

@@ -85,7 +85,7 @@ def _read_sources(source_files):
         return datasets, geom
     ds0 = datasets[0]
     if len(datasets) == 1:
-        spacing, order = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0), [0]
+        spacing, order = float(ds0.get("SpacingBetweenSlices", 1.0) or 1.0), [0]  # as get_volume_from_series
     else:
         spacing, positions = hd.spatial.get_series_volume_positions(datasets)
         if spacing is None:

@@ -135,7 +135,8 @@ def save_overlay_png(
     from PIL import Image
 
     img, affine = _array_affine(image, "image")
-    amap = _to_numpy(anomaly_map)
+    img = np.nan_to_num(img.astype(np.float32))
+    amap = np.nan_to_num(_to_numpy(anomaly_map).astype(np.float32))
     amap = amap[0] if amap.ndim == 4 else amap
     if amap.shape != img.shape:
         raise ValueError(f"anomaly map shape {amap.shape} differs from image shape {img.shape}")

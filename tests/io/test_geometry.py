@@ -156,3 +156,29 @@ def test_rescale_slope_intercept_applied(tmp_path, small_ct):
     write_dicom_series(hu, affine, tmp_path / "s", seed=5, rescale=(0.5, -1024.0))
     vol = load_volume(tmp_path / "s")
     np.testing.assert_allclose(vol[0].numpy(), np.round((hu + 1024) / 0.5) * 0.5 - 1024, atol=1e-4)
+
+
+def test_simpleitk_fallback_when_pydicom_cannot_decode(tmp_path, small_ct, monkeypatch):
+    import highdicom as hd
+
+    hu, _, _ = small_ct
+    write_dicom_series(hu, oblique_affine(), tmp_path / "s", seed=6, transfer_syntax="rle")
+    expected = load_volume(tmp_path / "s")
+
+    def no_decoder(*args, **kwargs):
+        raise RuntimeError("Unable to decode the pixel data: no plugin")
+
+    monkeypatch.setattr(hd, "get_volume_from_series", no_decoder)
+    vol = load_volume(tmp_path / "s")
+    np.testing.assert_allclose(vol.affine.numpy(), expected.affine.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(vol.numpy(), expected.numpy())
+    assert vol.meta["source_files"] == expected.meta["source_files"]
+
+
+def test_single_slice_series(tmp_path, small_ct):
+    hu, _, affine = small_ct
+    write_dicom_series(hu[:, :, 4:5], affine, tmp_path / "one", seed=7)
+    vol = load_volume(tmp_path / "one")
+    assert vol.shape == (1, SHAPE[0], SHAPE[1], 1)
+    np.testing.assert_array_equal(vol[0, :, :, 0].numpy(), hu[:, :, 4])
+    np.testing.assert_allclose(vol.affine.numpy()[:3, :2], affine[:3, :2], atol=1e-6)

@@ -11,6 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from medad.data import write_dicom_series
+
+SHAPE_Z = 10
 from medad.io import SeriesLoadError, find_series, load_series, load_volume, write_segmentation
 
 
@@ -159,3 +161,48 @@ def test_mixed_orientations_are_split_and_labelled(tmp_path, small_ct):
     assert sorted(s.n_files for s in index.series) == [4, 10]
     assert all(s.split_by.startswith("orientation (") for s in index.series)
     assert {s.key for s in index.series} == {f"{uid}#1", f"{uid}#2"}
+
+
+def _rewrite(files, fn):
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        fn(k, ds)
+        ds.save_as(f)
+
+
+def test_gantry_tilt_rejected(tmp_path, small_ct):
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path, seed="tilt")
+
+    def shift(k, ds):  # slide each slice 2 mm along y: stacked ~14 deg off the normal
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + 2.0 * k, ipp[2]]
+
+    _rewrite(files, shift)
+    index = find_series(tmp_path)
+    assert index.series == [] and {f.reason for f in index.files} == {"gantry_tilt"}
+    assert "deg off the slice normal" in index.files[0].detail
+
+
+def test_per_slice_acquisitions_stay_one_volume_and_4d_is_rejected(tmp_path, small_ct):
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path / "seq", seed="seq")
+    _rewrite(files, lambda k, ds: setattr(ds, "AcquisitionNumber", k + 1))  # sequential CT: one acquisition/slice
+    assert [s.n_files for s in find_series(tmp_path / "seq").series] == [SHAPE_Z]
+    uid, study, frame = generate_uid(), generate_uid(), generate_uid()
+    common = dict(series_uid=uid, study_uid=study, frame_of_reference_uid=frame)
+    write_dicom_series(hu, affine, tmp_path / "4d", seed="t1", file_prefix="A", **common)
+    write_dicom_series(hu, affine, tmp_path / "4d", seed="t2", file_prefix="B", **common)
+    index = find_series(tmp_path / "4d")
+    assert index.series == [] and index.reasons() == {"duplicate_positions": 2 * SHAPE_Z}
+
+
+def test_truncated_compressed_file(tmp_path, small_ct):
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path, seed="jls", transfer_syntax="jpegls")
+    data = files[3].read_bytes()
+    files[3].write_bytes(data[:-100])
+    index = find_series(tmp_path)
+    assert [f.reason for f in index.files if f.path == str(files[3])] == ["truncated"]
+    # the rest of the series now has a gap and is rejected too
+    assert {f.reason for f in index.files if f.path != str(files[3])} == {"irregular_spacing"}
