@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import SeriesRecord, load_series
 from . import manifest as mf
 
-__all__ = ["SeriesLoader", "balanced_shards", "default_batch_size", "default_workers", "write_series_outputs"]
+__all__ = ["SeriesLoader", "StowGate", "balanced_shards", "default_batch_size", "default_workers",
+           "write_series_outputs"]
 
 log = logging.getLogger("medad.engine.score")
 
@@ -145,6 +146,36 @@ def default_batch_size(device: torch.device | str, detector=None) -> int:
     return int(max(8, min(512, (free * 0.5) // per_slice)))
 
 
+class StowGate:
+    """Send files with :func:`medad.io.stow`, but stop trying once the server looks down.
+
+    dicomweb-client retries a failed connection with exponential back-off (about 30 s per call), so a server that is
+    down for the night would cost 30 s per series. After ``max_failures`` consecutive connection errors/time-outs,
+    further calls fail at once (the series is recorded ``failed`` at stage ``stow`` and a rerun retries it).
+    HTTP errors (bad URL, refused instances) are not counted: they are answers, not an unreachable server.
+    """
+
+    def __init__(self, url: str, max_failures: int = 2, send=None):
+        from ..io.dicomweb import stow
+
+        self.url, self.max_failures, self.failures = url, int(max_failures), 0
+        self._send = send or stow
+
+    def __call__(self, paths: Sequence[str | os.PathLike]):
+        import requests
+
+        if self.failures >= self.max_failures:
+            raise ConnectionError(f"not sent: {self.url} was unreachable in the last {self.failures} attempts; "
+                                  "rerun the same command when the server is back")
+        try:
+            result = self._send(self.url, paths)
+        except (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError):
+            self.failures += 1
+            raise
+        self.failures = 0
+        return result
+
+
 def _slices_last(mt, dim: int):
     """MetaTensor ``[1, X, Y, Z]`` with spatial ``dim`` moved last (affine columns permuted alike)."""
     from monai.data import MetaTensor
@@ -158,7 +189,7 @@ def _slices_last(mt, dim: int):
 
 
 def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, out: Path, dicom_out: bool,
-                         stow: Optional[str], overlays: int, thresholds: Sequence[float],
+                         stow: Optional[StowGate], overlays: int, thresholds: Sequence[float],
                          seconds: float) -> mf.SeriesOutcome:
     """Write one series' outputs, then its ``record.json`` (last). Never raises: errors become a failed record.
 
@@ -169,7 +200,6 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
             :class:`medad.engine.volume.VolumeResult` or None.
     """
     from ..io.dicom_outputs import write_parametric_map, write_segmentation
-    from ..io.dicomweb import stow as stow_files
     from ..io.writers import save_nifti, save_overlay_png
 
     t = time.perf_counter()
@@ -212,8 +242,8 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
             rec.outputs = outputs
             if stow and "pm" in outputs:
                 stage = "stow"
-                res = stow_files(stow, [out / outputs["pm"], out / outputs["seg"]])
-                outputs["stow"] = {"url": stow, "stored": len(res.stored)}
+                res = stow([out / outputs["pm"], out / outputs["seg"]])
+                outputs["stow"] = {"url": stow.url, "stored": len(res.stored)}
             rec.status, rec.stage, rec.error = "ok", "", ""
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         rec.status, rec.stage, rec.error = "failed", stage, _one_line(e)

@@ -329,11 +329,12 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
     """Score this rank's series: decode in workers, score here, write in a background thread."""
     from tqdm.auto import tqdm
 
-    from ._score_worker import write_series_outputs
+    from ._score_worker import StowGate, write_series_outputs
 
     bar = tqdm(total=len(series), desc="series scored" if position == 0 else f"series scored (rank {position})",
                unit="series", position=position, disable=not progress, leave=True)
     pending: Optional[Future] = None
+    gate = StowGate(stow) if stow else None
 
     def finish(fut: Optional[Future]) -> None:
         if fut is not None:
@@ -358,7 +359,7 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
                     log.warning("series %s failed while scoring: %s", record.key, base.error)
             finish(pending)  # keep at most one series in the writer: memory stays bounded
             pending = pool.submit(write_series_outputs, sdir, base, volume, result, out=out, dicom_out=dicom_out,
-                                  stow=stow, overlays=overlays, thresholds=thresholds,
+                                  stow=gate, overlays=overlays, thresholds=thresholds,
                                   seconds=load_s + time.perf_counter() - t)
         finish(pending)
     bar.close()
