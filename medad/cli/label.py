@@ -1,0 +1,131 @@
+"""``medad label``: start the MONAI Label server with the medad app, offline and on loopback by default.
+
+What it does on top of ``monailabel start_server``:
+
+- installs the pydicom-3 shim and serves ``medad.label.asgi:app`` (MONAI Label 0.8.5 cannot start otherwise);
+- binds ``127.0.0.1`` unless ``--host`` is given (MONAI Label's default is ``0.0.0.0``);
+- passes ``--conf zoo_source local`` (no model-zoo query) and never creates a SAM2 task (no HuggingFace download);
+  the app skips MONAI Label's dcmqi download for DICOMweb datastores (see :mod:`medad.label.app`);
+- maps the medad options (``--backbone``, ``--adapters``, ...) to ``--conf`` pairs.
+
+Examples::
+
+    medad label --studies sample_data/mr --adapters demo                       # NIfTI folder, http://127.0.0.1:8000
+    medad label --studies http://127.0.0.1:8042/dicom-web --modality CT --adapters site.pt --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["add_parser", "run", "build_server_argv", "default_app_dir", "main"]
+
+logger = logging.getLogger(__name__)
+
+# medad option -> --conf key
+_CONF_OPTIONS = {"backbone": "backbone", "weights": "weights", "adapters": "adapters", "object_name": "object_name",
+                 "support": "support", "shots": "shots", "thresholds": "thresholds", "device": "device",
+                 "precision": "precision", "site_checkpoint": "site_checkpoint"}
+
+
+def default_app_dir() -> Optional[Path]:
+    """``apps/medad_label`` of this checkout (or of the working directory), None if neither has it."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        app = root / "apps" / "medad_label"
+        if (app / "main.py").is_file():
+            return app
+    return None
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``label`` sub-command to an ``argparse`` sub-parser collection and return its parser."""
+    p = subparsers.add_parser("label", help="serve anomaly maps to 3D Slicer / OHIF (MONAI Label server)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--studies", "-s", required=True,
+                   help="folder of NIfTI/NRRD volumes, or a DICOMweb root such as http://127.0.0.1:8042/dicom-web")
+    p.add_argument("--app", "-a", default=None, help="MONAI Label app folder (default: apps/medad_label)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", "-p", type=int, default=8000, help="HTTP port (default 8000)")
+    g = p.add_argument_group("model (each maps to --conf KEY VALUE, see docs/monailabel.md)")
+    g.add_argument("--backbone", help="ViT-L-14-336 (default: the adapters' backbone) or tiny")
+    g.add_argument("--weights", help="backbone weights file (default: the one imported with `medad weights import`)")
+    g.add_argument("--adapters", help="adapter checkpoint, or 'demo' for the embedded demo model")
+    g.add_argument("--object-name", dest="object_name", help="prompt object name, e.g. Brain, Liver")
+    g.add_argument("--support", help="normal studies for the few-shot memory bank (file or folder)")
+    g.add_argument("--shots", type=int, help="slices per normal study added to the memory bank (default 4)")
+    g.add_argument("--thresholds", help="anomaly_low,mid,high cut-offs in [0,1], e.g. 0.5,0.7,0.9")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--precision", choices=("fp32", "bf16"))
+    g.add_argument("--site-checkpoint", dest="site_checkpoint",
+                   help="where the reviewer loop saves the grown memory bank (default <app>/model/site_adapters.pt)")
+    p.add_argument("--conf", "-c", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="any other app option, e.g. --conf top_k 10 --conf runner.batch_size 16")
+    p.add_argument("--modality", default=None,
+                   help="DICOMweb only: list series of this modality (CT by default in MONAI Label; 'any' = all)")
+    p.add_argument("--log-level", dest="log_level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--dryrun", action="store_true", help="check the arguments and exit without serving")
+
+
+def build_server_argv(args: argparse.Namespace) -> list[str]:
+    """The ``monailabel start_server`` argument list for parsed ``medad label`` arguments."""
+    app = args.app or default_app_dir()
+    if app is None or not (Path(app) / "main.py").is_file():
+        raise SystemExit(f"medad label: no MONAI Label app at {app or 'apps/medad_label'}; pass --app <folder with "
+                         "main.py> (the repository ships apps/medad_label).")
+    conf: dict[str, str] = {"zoo_source": "local"}
+    for attr, key in _CONF_OPTIONS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            conf[key] = str(value)
+    for key, value in args.conf:
+        conf[key] = value
+    argv = ["start_server", "--app", str(app), "--studies", str(args.studies), "--host", args.host,
+            "--port", str(args.port), "--uvicorn_app", "medad.label.asgi:app", "--log_level", args.log_level,
+            "--verbose", args.log_level.upper()]
+    for key, value in conf.items():
+        argv += ["--conf", key, value]
+    if args.dryrun:
+        argv.append("--dryrun")
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server (blocks until it is stopped). Returns the exit status."""
+    from medad.label.compat import install_pydicom_shim
+
+    install_pydicom_shim()
+    if args.modality:
+        m = args.modality.strip()
+        os.environ["MONAI_LABEL_DICOMWEB_SEARCH_FILTER"] = "{}" if m.lower() == "any" else f'{{"Modality": "{m}"}}'
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: the server (and the studies it serves) is reachable from other machines",
+                       args.host)
+    from monailabel.main import Main
+
+    main_ = Main()
+    ns = main_.args_parser().parse_args(build_server_argv(args))
+    main_.action_start_server(ns)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry point: ``python -m medad.cli.label --studies ...``."""
+    parser = argparse.ArgumentParser("medad label", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""``--conf`` options of the medad MONAI Label app.
+
+MONAI Label passes ``--conf key value`` pairs to the app as a ``dict[str, str]``. :meth:`LabelConfig.from_conf`
+parses and checks them once, at start-up, so a typo fails the start with a message naming the option.
+
+============================  ====================================================================================
+option                        meaning (default)
+============================  ====================================================================================
+``backbone``                  open_clip backbone config: ``ViT-L-14-336`` (default) or ``tiny`` (tests, CPU demos)
+``weights``                   backbone weights file (OpenAI ``.pt``, open_clip state dict, safetensors); none = the
+                              one imported with ``medad weights import`` (or random init for ``tiny``)
+``adapters``                  MVFA/medad adapter checkpoint (carries thresholds, normalizers, memory bank), or
+                              ``demo`` for medad's embedded demo model (tiny backbone, synthetic phantoms)
+``object_name``               object name used in the text prompts, e.g. ``Brain``, ``Liver`` (checkpoint's/``Brain``)
+``support``                   normal studies for the few-shot memory bank at start-up: a folder of NIfTI files/DICOM
+                              series folders, or a single file/folder (none)
+``shots``                     slices taken from each support / reviewer-normal study for the bank (4)
+``thresholds``                three increasing cut-offs in [0, 1] for anomaly_low/mid/high, e.g. ``0.5,0.7,0.9``
+                              (the checkpoint's)
+``device``                    ``cpu``, ``cuda``, ``cuda:1`` (``cuda`` when available, else ``cpu``)
+``precision``                 ``fp32`` or ``bf16`` (``fp32``)
+``site_checkpoint``           where the reviewer loop saves adapters + grown bank (``<app>/model/site_adapters.pt``);
+                              loaded in place of ``adapters`` when present
+``normal_tag``                datastore label tag that marks a reviewer-confirmed normal study (``normal``)
+``empty_final_is_normal``     also treat an all-zero ``final`` label as normal (``false``)
+``top_k``                     number of top slices in the result JSON (5)
+``write_dicom``               write a Parametric Map + SEG for DICOM inputs and STOW them to a DICOMweb datastore
+                              (``true``)
+``runner.<name>``             passed to ``medad.engine.volume.VolumeRunner`` as keyword ``<name>`` (JSON value)
+============================  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+__all__ = ["LabelConfig", "ConfigError", "parse_thresholds", "LABELS", "MODEL_NAME"]
+
+#: Graded labels returned to the viewers (index 0 is background).
+LABELS = {"anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3}
+#: Name of the infer/train task.
+MODEL_NAME = "anomaly"
+
+_KNOWN = {"backbone", "weights", "adapters", "object_name", "support", "shots", "thresholds", "device", "precision",
+          "site_checkpoint", "normal_tag", "empty_final_is_normal", "top_k", "write_dicom", "models"}
+# Options MONAI Label or its sample apps use; accepted and ignored by this app.
+_IGNORED = {"zoo_source", "sam2", "skip_trainers", "skip_strategies", "skip_scoring", "server_mode", "preload",
+            "heuristic_planner", "use_pretrained_model", "epistemic_enabled", "tta_enabled"}
+
+
+class ConfigError(ValueError):
+    """A ``--conf`` option has a bad value."""
+
+
+def _bool(key: str, value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"--conf {key} {value!r}: expected true or false.")
+
+
+def _int(key: str, value: str, low: int = 1) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--conf {key} {value!r}: expected an integer >= {low}.") from None
+    if n < low:
+        raise ConfigError(f"--conf {key} {value!r}: expected an integer >= {low}.")
+    return n
+
+
+def parse_thresholds(value: Any, source: str = "thresholds") -> tuple[float, float, float]:
+    """``"0.5,0.7,0.9"`` or a 3-sequence -> 3 strictly increasing floats in [0, 1] (anomaly_low, mid, high)."""
+    try:
+        items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
+        t = tuple(float(x) for x in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}={value!r}: expected three numbers like 0.5,0.7,0.9.") from None
+    if len(t) != 3 or not all(0.0 <= x <= 1.0 for x in t) or not (t[0] < t[1] < t[2]):
+        raise ConfigError(f"{source}={value!r}: expected three strictly increasing numbers in [0, 1] "
+                          "(cut-offs of anomaly_low, anomaly_mid, anomaly_high), like 0.5,0.7,0.9.")
+    return t  # type: ignore[return-value]
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class LabelConfig:
+    """Parsed app options (see the module docstring for each one)."""
+
+    app_dir: str
+    backbone: str = "ViT-L-14-336"
+    weights: Optional[str] = None
+    adapters: Optional[str] = None
+    object_name: Optional[str] = None
+    support: Optional[str] = None
+    shots: int = 4
+    thresholds: Optional[tuple[float, float, float]] = None
+    device: str = field(default_factory=_default_device)
+    precision: str = "fp32"
+    site_checkpoint: str = ""
+    normal_tag: str = "normal"
+    empty_final_is_normal: bool = False
+    top_k: int = 5
+    write_dicom: bool = True
+    runner_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.site_checkpoint:
+            self.site_checkpoint = os.path.join(self.app_dir, "model", "site_adapters.pt")
+
+    @classmethod
+    def from_conf(cls, app_dir: str, conf: Optional[Mapping[str, str]]) -> "LabelConfig":
+        """Parse MONAI Label's ``conf`` dict; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        conf = dict(conf or {})
+        kw: dict[str, Any] = {"app_dir": app_dir}
+        runner: dict[str, Any] = {}
+        for key, value in conf.items():
+            if key.startswith("runner."):
+                try:
+                    runner[key[len("runner."):]] = json.loads(value)
+                except (TypeError, json.JSONDecodeError):
+                    runner[key[len("runner."):]] = value
+            elif key in _IGNORED or key == "models":
+                continue
+            elif key not in _KNOWN:
+                raise ConfigError(f"--conf {key}: unknown option. Valid: {', '.join(sorted(_KNOWN - {'models'}))}, "
+                                  "runner.<VolumeRunner keyword>.")
+        for key in ("backbone", "object_name", "normal_tag", "precision", "device"):
+            if conf.get(key):
+                kw[key] = conf[key]
+        for key in ("weights", "adapters", "support", "site_checkpoint"):
+            if key == "adapters" and conf.get(key) == "demo":  # medad's embedded demo model
+                kw[key] = "demo"
+            elif conf.get(key):
+                path = os.path.abspath(os.path.expanduser(conf[key]))
+                if key != "site_checkpoint" and not os.path.exists(path):
+                    raise ConfigError(f"--conf {key} {conf[key]}: {path} does not exist. Give an existing path.")
+                kw[key] = path
+        if conf.get("shots"):
+            kw["shots"] = _int("shots", conf["shots"])
+        if conf.get("top_k"):
+            kw["top_k"] = _int("top_k", conf["top_k"])
+        if conf.get("thresholds"):
+            kw["thresholds"] = parse_thresholds(conf["thresholds"], "--conf thresholds")
+        for key in ("empty_final_is_normal", "write_dicom"):
+            if key in conf:
+                kw[key] = _bool(key, conf[key])
+        if kw.get("precision", "fp32") not in ("fp32", "bf16"):
+            raise ConfigError(f"--conf precision {kw['precision']!r}: expected fp32 or bf16.")
+        kw["runner_options"] = runner
+        return cls(**kw)

@@ -1,0 +1,347 @@
+"""The ``anomaly`` infer task: a volume in, a graded uint8 label map + scores out (MONAI Label ``BasicInferTask``).
+
+3D Slicer and OHIF load MONAI Label results as *label maps* (they force ``.nrrd``/``uint8``), so the continuous
+anomaly map of :class:`medad.engine.volume.VolumeRunner` is quantised with the detector's three thresholds (stored
+with the adapters, overridable by ``--conf thresholds`` or per request) into ``anomaly_low=1``, ``anomaly_mid=2``,
+``anomaly_high=3`` (0 = below the first threshold). The continuous map travels separately:
+
+- as a float32 NIfTI saved in the datastore under the label tag ``anomaly_map``
+  (``GET /datastore/label?label=<image id>&tag=anomaly_map``);
+- for DICOM inputs, as a DICOM Parametric Map + a BINARY SEG written by :mod:`medad.io` and, with a DICOMweb
+  datastore, stored to the PACS (STOW-RS), so OHIF/PACS viewers show them next to the series.
+
+The result JSON (``output=json``/``all``) holds ``volume_score``, ``top_slices``, ``slice_scores`` (one per slice
+along the runner's slice axis), ``thresholds``, ``label_voxels`` and what was saved where.
+
+Per-request ``params`` (all optional): ``thresholds`` (3 increasing numbers in [0, 1]), ``top_k`` (int >= 1),
+``write_dicom`` (bool), ``save_anomaly_map`` (bool), plus MONAI Label's ``result_extension``/``result_dtype``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from .config import LABELS, LabelConfig, parse_thresholds, ConfigError
+from .errors import BadRequest, NotFound
+from .store import DetectorStore
+
+from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402  (after the shim, see medad.label.app)
+from monailabel.tasks.infer.basic_infer import BasicInferTask  # noqa: E402
+
+__all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "quantize", "reference_geometry", "to_reference_grid"]
+
+logger = logging.getLogger(__name__)
+
+#: Datastore label tag under which the continuous float32 map is saved.
+ANOMALY_MAP_TAG = "anomaly_map"
+_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def quantize(anomaly_map: torch.Tensor | np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Graded labels: 0 below ``thresholds[0]``, ``i`` for ``thresholds[i-1] <= v < thresholds[i]``, 3 above the last.
+
+    Args:
+        anomaly_map: any shape, values in [0, 1].
+        thresholds: 3 strictly increasing cut-offs.
+
+    Returns:
+        ``uint8`` array of the same shape.
+    """
+    a = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, torch.Tensor) else np.asarray(anomaly_map)
+    return np.digitize(a, np.asarray(thresholds, dtype=np.float64)).astype(np.uint8)
+
+
+def reference_geometry(path: str) -> Optional[tuple[tuple[int, ...], np.ndarray]]:
+    """``(size (X, Y, Z), RAS affine [4, 4])`` of the image file MONAI Label serves for ``path``; None for folders.
+
+    The label returned to a viewer must sit on the voxel grid of that file (OHIF maps label voxels onto the image
+    voxels one to one), whatever orientation the runner worked in.
+    """
+    if not os.path.isfile(path):
+        return None
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing
+    lps[:3, 3] = reader.GetOrigin()
+    return tuple(int(s) for s in reader.GetSize()), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def to_reference_grid(volume: MetaTensor, size: Sequence[int], affine: np.ndarray, what: str) -> MetaTensor:
+    """Permute/flip a ``[C, X, Y, Z]`` MetaTensor onto the grid ``(size, affine)`` of the reference image.
+
+    Only axis permutations and flips are applied (exact, no resampling). Raises :class:`RuntimeError` naming
+    ``what`` when the grids differ by more than that.
+    """
+    import nibabel as nib
+    from monai.transforms import Orientation
+
+    axcodes = "".join(nib.aff2axcodes(affine))
+    out = Orientation(axcodes=axcodes)(volume)
+    got = np.asarray(out.affine, dtype=np.float64)
+    if tuple(out.shape[1:]) != tuple(size) or not np.allclose(got, affine, atol=1e-3):
+        raise RuntimeError(f"{what}: the anomaly map grid {tuple(out.shape[1:])} / affine {got.round(3).tolist()} "
+                           f"does not match the input image {tuple(size)} / {affine.round(3).tolist()}; "
+                           "the volume runner changed the geometry.")
+    return out
+
+
+#: Label file types the viewers and SimpleITK handle (3D Slicer and OHIF ask for ".nrrd").
+_LABEL_EXTENSIONS = (".nrrd", ".seg.nrrd", ".nii", ".nii.gz", ".mha")
+
+
+def label_format(data: dict[str, Any]) -> tuple[str, np.dtype]:
+    """``(extension, dtype)`` of the label file for a request: ``result_extension`` (else the input's, else
+    ``.nrrd``) and ``result_dtype`` (else uint8), as MONAI Label's ``Writer`` picks them; bad values -> 400."""
+    from monailabel.utils.others.generic import file_ext
+
+    ext = data.get("result_extension") or file_ext(data.get("image") or "") or ".nrrd"
+    ext = str(ext) if str(ext).startswith(".") else f".{ext}"
+    if ext.lower() not in _LABEL_EXTENSIONS:
+        raise BadRequest(f"params.result_extension={ext!r}: the label map can be written as one of "
+                         f"{', '.join(_LABEL_EXTENSIONS)}.")
+    name = data.get("result_dtype") or "uint8"
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise BadRequest(f"params.result_dtype={name!r}: not a numpy dtype (use uint8).") from None
+    if dtype.kind not in "ui":
+        raise BadRequest(f"params.result_dtype={name!r}: a label map needs an integer type such as uint8.")
+    return ext, dtype
+
+
+def write_label(label: MetaTensor, extension: str, dtype: np.dtype, compress: bool = False) -> str:
+    """Write the label map ``[X, Y, Z]`` (RAS affine) to a new temporary ``*<extension>`` file; returns its path.
+
+    Written with SimpleITK in LPS like MONAI Label's ``Writer`` (which uses ITK and pays ~10 s of lazy loading on the
+    first request).
+    """
+    import SimpleITK as sitk
+
+    arr = label.detach().cpu().numpy()
+    arr = arr[0] if arr.ndim == 4 else arr
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0).astype(dtype)))
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(label.affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    fd, path = tempfile.mkstemp(suffix=extension, prefix="medad_label_")
+    os.close(fd)
+    sitk.WriteImage(img, path, bool(compress))
+    return path
+
+
+def _dicom_source(image: str) -> str:
+    """The DICOM series folder behind ``image`` when there is one, else ``image``.
+
+    A DICOMweb datastore caches a series as ``<cache>/<SeriesInstanceUID>/`` (DICOM files) next to
+    ``<cache>/<SeriesInstanceUID>.nii.gz`` (what MONAI Label hands to the task); reading the DICOM folder keeps the
+    source instances, which the Parametric Map and SEG must reference.
+    """
+    if os.path.isfile(image):
+        for suffix in _IMAGE_SUFFIXES:
+            if image.endswith(suffix):
+                folder = image[: -len(suffix)]
+                if os.path.isdir(folder) and any(os.scandir(folder)):
+                    return folder
+    return image
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise BadRequest(f"params.{key}={value!r}: expected true or false.")
+
+
+# ---------------------------------------------------------------------------------------------------------- task
+class AnomalyInferTask(BasicInferTask):
+    """MONAI Label infer task over :class:`medad.engine.volume.VolumeRunner`.
+
+    Args:
+        store: the app's :class:`~medad.label.store.DetectorStore` (shared with the train task).
+        config: the app options.
+        datastore: callable returning the app's datastore (used to save the continuous map), or None.
+        dicomweb_url: DICOMweb root of the datastore (e.g. ``http://127.0.0.1:8042/dicom-web``) to STOW the
+            Parametric Map and SEG to, or None (they are then only written, not stored).
+    """
+
+    def __init__(self, store: DetectorStore, config: LabelConfig, datastore: Optional[Callable[[], Any]] = None,
+                 dicomweb_url: Optional[str] = None,
+                 description: str = "MVFA/CLIP anomaly map, graded into anomaly_low/mid/high (research use)") -> None:
+        super().__init__(path=None, network=None, type=InferType.SEGMENTATION, labels=dict(LABELS), dimension=3,
+                         description=description,
+                         config={"top_k": config.top_k, "write_dicom": config.write_dicom, "save_anomaly_map": True})
+        self.store = store
+        self.app_config = config
+        self.datastore = datastore
+        self.dicomweb_url = dicomweb_url
+
+    def is_valid(self) -> bool:
+        return True
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        try:
+            info["medad"] = self.store.info()
+        except Exception as e:  # noqa: BLE001 - /info must answer even when the model cannot load
+            info["medad"] = {"error": f"{type(e).__name__}: {e}"}
+        return info
+
+    # ------------------------------------------------------------------ request checks
+    def _check_request(self, data: dict[str, Any]) -> dict[str, Any]:
+        image = data.get("image")
+        if not isinstance(image, str) or not image or not os.path.exists(image):
+            raise NotFound("The image to score does not exist. Pass ?image=<id> with an id from "
+                           "/datastore/?output=all (or the SeriesInstanceUID for a DICOMweb datastore).")
+        det, _ = self.store.get()
+        thresholds = data.get("thresholds")
+        try:
+            data["thresholds"] = parse_thresholds(thresholds, "params.thresholds") if thresholds is not None \
+                else tuple(det.thresholds)
+        except ConfigError as e:
+            raise BadRequest(str(e)) from None
+        top_k = data.get("top_k", self.app_config.top_k)
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, str)) or not str(top_k).isdigit() or int(top_k) < 1:
+            raise BadRequest(f"params.top_k={top_k!r}: expected an integer >= 1.")
+        data["top_k"] = int(top_k)
+        for key in ("write_dicom", "save_anomaly_map"):
+            data[key] = _as_bool(key, data.get(key, True))
+        label_format(data)  # fail before the (long) inference, not after it
+        return data
+
+    # ------------------------------------------------------------------ pipeline
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [self._check_request, self._load]
+
+    def _load(self, data: dict[str, Any]) -> dict[str, Any]:
+        from medad.io import load_volume
+
+        source = _dicom_source(data["image"])
+        try:
+            data["volume"] = load_volume(source)
+        except (ValueError, FileNotFoundError) as e:  # medad.io.SeriesLoadError is a ValueError
+            raise BadRequest(f"Cannot read the image as one volume: {e}") from e
+        data["source"] = source
+        return data
+
+    def inferer(self, data=None):
+        return None
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cuda"):
+        _, runner = self.store.get()
+        result = runner.run(data["volume"])
+        data["anomaly_map"] = result.anomaly_map  # [1, X, Y, Z] on the volume's grid
+        scores = np.asarray(result.slice_scores, dtype=np.float64)
+        skipped = np.asarray(result.skipped, dtype=bool) if len(result.skipped) == len(scores) \
+            else np.zeros(len(scores), dtype=bool)
+        top = list(result.top_slices)
+        if data["top_k"] != len(top):  # another top_k than the runner's: rank the scored slices the same way
+            scored = np.flatnonzero(~skipped)
+            top = [int(i) for i in scored[np.argsort(-scores[scored], kind="stable")][: data["top_k"]]]
+        data["result"] = {
+            "volume_score": round(float(result.volume_score), 6),
+            "top_slices": [int(i) for i in top],
+            "slice_scores": [round(float(s), 6) for s in scores],
+            "slice_axis": result.axis,
+            "slice_dim": result.source_dim,
+            "skipped_slices": int(skipped.sum()),
+        }
+        return data
+
+    def inverse_transforms(self, data=None):
+        return None
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [self._to_labels]
+
+    def _to_labels(self, data: dict[str, Any]) -> dict[str, Any]:
+        amap: MetaTensor = data["anomaly_map"]
+        ref = reference_geometry(data["image"])
+        if ref is not None:
+            amap = to_reference_grid(amap, ref[0], ref[1], what=os.path.basename(data["image"]))
+        data["anomaly_map"] = amap
+        labels = quantize(amap[0], data["thresholds"])
+        data["pred"] = MetaTensor(torch.from_numpy(labels), affine=amap.affine.clone())
+        counts = np.bincount(labels.ravel(), minlength=len(LABELS) + 1)
+        data["result"].update({
+            "thresholds": [float(t) for t in data["thresholds"]],
+            "label_voxels": {name: int(counts[i]) for name, i in LABELS.items()},
+            "max_score": round(float(amap.max()), 6),
+        })
+        return data
+
+    # ------------------------------------------------------------------ outputs
+    def writer(self, data: dict[str, Any], extension=None, dtype=None):
+        ext, np_dtype = label_format({**data, **({"result_extension": extension} if extension else {}),
+                                      **({"result_dtype": dtype} if dtype else {})})
+        result_file = write_label(data["pred"], ext, np_dtype, bool(data.get("result_compress", False)))
+        result_json = dict(data["result"])
+        outputs: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="medad_label_") as tmp:
+            if data["save_anomaly_map"]:
+                outputs[ANOMALY_MAP_TAG] = self._save_map(data, Path(tmp))
+            if data["write_dicom"]:
+                try:
+                    outputs["dicom"] = self._write_dicom(data, Path(tmp))
+                except Exception as e:  # noqa: BLE001 - a PACS problem must not keep the label from the viewer
+                    logger.warning("DICOM Parametric Map/SEG not written or not stored: %s", e)
+                    outputs["dicom"] = {"written": False, "error": f"{type(e).__name__}: {e}"}
+        result_json["outputs"] = outputs
+        return result_file, result_json
+
+    def _save_map(self, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
+        """Save the float32 map as NIfTI under the datastore tag ``anomaly_map`` (datastore images only)."""
+        image_id = data.get("image_id")
+        store = self.datastore() if self.datastore else None
+        if not image_id or store is None:
+            return {"saved": False, "reason": "not a datastore image"}
+        from medad.io import save_nifti
+
+        path = save_nifti(data["anomaly_map"], tmp / f"{image_id}.nii.gz", dtype=np.float32)
+        info = {"model": data.get("model"), "volume_score": data["result"]["volume_score"],
+                "thresholds": data["result"]["thresholds"]}
+        try:
+            label_id = store.save_label(image_id, str(path), ANOMALY_MAP_TAG, info)
+        except Exception as e:  # noqa: BLE001 - the label map must still reach the viewer
+            logger.warning("could not save the anomaly map in the datastore: %s", e)
+            return {"saved": False, "reason": f"{type(e).__name__}: {e}"}
+        return {"saved": True, "tag": ANOMALY_MAP_TAG, "label": label_id}
+
+    def _write_dicom(self, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
+        """Parametric Map + BINARY SEG for DICOM inputs (:mod:`medad.io`), STOWed when a DICOMweb url is known."""
+        volume = data["volume"]
+        if not volume.meta.get("source_files"):
+            return {"written": False, "reason": "input is not a DICOM series"}
+        from medad.io import stow, write_parametric_map, write_segmentation
+
+        pm = write_parametric_map(data["anomaly_map"], volume, tmp / "anomaly_pm.dcm")
+        seg = write_segmentation(data["pred"], volume, tmp / "anomaly_seg.dcm", labels=LABELS)
+        out: dict[str, Any] = {"written": True, "stowed": False,
+                               "parametric_map_series_uid": _series_uid(pm), "segmentation_series_uid": _series_uid(seg)}
+        if self.dicomweb_url:
+            result = stow(self.dicomweb_url, [pm, seg])
+            out["stowed"] = len(result.stored) == 2
+        return out
+
+
+def _series_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)

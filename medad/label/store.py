@@ -1,0 +1,166 @@
+"""One loaded detector per app, shared by the infer and train tasks, reloaded when the reviewer loop saves.
+
+The detector comes from :func:`medad.load_detector` with the app's ``--conf`` options. If the reviewer loop has saved
+a site checkpoint (adapters + grown memory bank, see :mod:`medad.label.train_task`), that checkpoint is loaded in
+place of ``adapters``; :meth:`DetectorStore.get` notices a newer checkpoint (by modification time) and reloads, so
+the infer task picks up a new bank without a server restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import LabelConfig
+
+__all__ = ["DetectorStore", "merge_banks", "find_volumes"]
+
+logger = logging.getLogger(__name__)
+
+_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+
+
+def find_volumes(path: str | os.PathLike) -> list[Path]:
+    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of those (sorted, not recursive
+    beyond one level of series folders)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p} does not exist.")
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(_VOLUME_SUFFIXES))
+    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if files or subdirs:
+        return files + subdirs
+    return [p]  # a folder holding one DICOM series
+
+
+def merge_banks(banks: Sequence[Any]):
+    """Concatenate memory banks (``MemoryBank`` objects, ``None`` skipped) along the token axis; None if all empty."""
+    from medad.model.memory_bank import MemoryBank
+
+    banks = [b for b in banks if b is not None]
+    if not banks:
+        return None
+    if len(banks) == 1:
+        return banks[0]
+    device = banks[0].seg.device
+    return MemoryBank(torch.cat([b.seg.to(device) for b in banks], 1), torch.cat([b.det.to(device) for b in banks], 1))
+
+
+class DetectorStore:
+    """Loads and caches the app's detector and volume runner.
+
+    Args:
+        config: the app options.
+    """
+
+    def __init__(self, config: LabelConfig) -> None:
+        self.config = config
+        self._lock = threading.RLock()
+        self._detector = None
+        self._runner = None
+        self._loaded_mtime: Optional[float] = None
+
+    # ------------------------------------------------------------------ building
+    def _site_mtime(self) -> Optional[float]:
+        try:
+            return os.stat(self.config.site_checkpoint).st_mtime
+        except OSError:
+            return None
+
+    def build(self, use_site: bool = True):
+        """A fresh detector: the site checkpoint if present (and ``use_site``), else ``adapters`` + ``support``."""
+        import medad
+
+        cfg = self.config
+        site = use_site and self._site_mtime() is not None
+        det = medad.load_detector(backbone=cfg.backbone, weights=cfg.weights,
+                                  adapters=cfg.site_checkpoint if site else cfg.adapters,
+                                  object_name=cfg.object_name, device=cfg.device, precision=cfg.precision)
+        if cfg.thresholds is not None:
+            det.thresholds = tuple(cfg.thresholds)
+        if not site and cfg.support:
+            det.memory_bank = merge_banks([det.memory_bank, self.bank_from(det, find_volumes(cfg.support))])
+        return det
+
+    def make_runner(self, detector):
+        """A :class:`medad.engine.volume.VolumeRunner` with the ``runner.*`` options (``top_k`` from the app)."""
+        from medad.engine.volume import VolumeRunner
+
+        return VolumeRunner(detector, **{"top_k": self.config.top_k, **self.config.runner_options})
+
+    def support_slices(self, volume, image_size: int) -> torch.Tensor:
+        """``config.shots`` model inputs ``[N, 3, S, S]`` from a normal volume, prepared exactly as the runner does.
+
+        The runner is run with a recording stand-in for the detector, so intensity scaling, view, padding, resizing
+        and empty-slice skipping are the runner's own; ``shots`` slices evenly spaced over the central 80 % of the
+        non-empty slices are kept (the outermost slices of a study are often partial).
+        """
+        recorder = _InputRecorder(int(image_size))
+        self.make_runner(recorder).run(volume)
+        if not recorder.inputs:
+            raise ValueError("the normal study has no non-empty slice (all background after intensity scaling)")
+        x = torch.cat(recorder.inputs)
+        lo, hi = 0.1 * (len(x) - 1), 0.9 * (len(x) - 1)
+        idx = np.unique(np.round(np.linspace(lo, hi, min(self.config.shots, len(x)))).astype(int))
+        return x[torch.as_tensor(idx)]
+
+    def bank_from(self, detector, sources: Sequence[str | os.PathLike]):
+        """Memory bank of ``config.shots`` slices of each normal volume in ``sources`` (None if no sources).
+
+        ``detector.memory_bank`` is left unchanged.
+        """
+        from medad.io import load_volume
+
+        images = [self.support_slices(load_volume(str(src)), detector.image_size) for src in sources]
+        if not images:
+            return None
+        previous = detector.memory_bank
+        try:
+            return detector.fit_memory_bank(torch.cat(images))
+        finally:
+            detector.memory_bank = previous
+
+    # ------------------------------------------------------------------ access
+    def get(self):
+        """``(detector, runner)``, (re)loaded if the site checkpoint changed since the last load."""
+        with self._lock:
+            mtime = self._site_mtime()
+            if self._detector is None or mtime != self._loaded_mtime:
+                if self._detector is not None:
+                    logger.info("site checkpoint changed: reloading the detector")
+                self._detector = self.build()
+                self._runner = self.make_runner(self._detector)
+                self._loaded_mtime = mtime
+            return self._detector, self._runner
+
+    def info(self) -> dict[str, Any]:
+        """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers)."""
+        det, _ = self.get()
+        bank = det.memory_bank
+        return {"backbone": det.backbone, "object_name": det.object_name, "thresholds": list(det.thresholds),
+                "memory_bank_tokens": len(bank) if bank is not None else 0,
+                "site_checkpoint": os.path.exists(self.config.site_checkpoint)}
+
+
+class _InputRecorder:
+    """Detector stand-in that records the model inputs the runner prepares and returns zero maps/scores."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+        self.inputs: list[torch.Tensor] = []
+
+    def predict(self, images: torch.Tensor):
+        from types import SimpleNamespace
+
+        x = images.as_tensor() if hasattr(images, "as_tensor") else images  # plain tensors only: MetaTensors
+        self.inputs.append(x.detach().float().cpu().clone())  # would be pickled into the checkpoint
+        b, _, h, w = images.shape
+        return SimpleNamespace(anomaly_maps=torch.zeros(b, h, w), image_scores=torch.zeros(b))

@@ -1,0 +1,61 @@
+"""``medad label`` as a real server process: binds 127.0.0.1 on a free port, answers /info and /infer, stops by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import psutil
+import pytest
+import requests
+import SimpleITK as sitk
+
+from conftest import free_port, stop_pid, wait_http
+
+
+def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAI_LABEL_")}  # no settings of other tests
+    env["MONAI_LABEL_SESSION_PATH"] = str(tmp_path / "sessions")
+    cmd = [sys.executable, "-m", "medad", "label", "--studies", str(studies_dir), "--app", str(app_dir),
+           "--port", str(port), "--backbone", "tiny", "--device", "cpu", "--thresholds", "0.3,0.5,0.7",
+           "--log-level", "warning"]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_http(f"{url}/info/", 240, proc):
+            pytest.fail(f"server did not start (exit code {proc.poll()}):\n"
+                        f"{(tmp_path / 'server.log').read_text()[-3000:]}")
+        # listening on loopback only
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
+
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        assert info["models"]["anomaly"]["labels"] == {"anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3}
+
+        r = requests.post(f"{url}/infer/anomaly", params={"image": "case_a", "output": "image"},
+                          data={"params": json.dumps({"result_extension": ".nrrd", "result_dtype": "uint8"})},
+                          timeout=300)
+        assert r.status_code == 200, r.text
+        (tmp_path / "label.nrrd").write_bytes(r.content)
+        label = sitk.ReadImage(str(tmp_path / "label.nrrd"))
+        ref = sitk.ReadImage(str(studies_dir / "case_a.nii.gz"))
+        assert label.GetSize() == ref.GetSize() and label.GetPixelID() == sitk.sitkUInt8
+        np.testing.assert_allclose(label.GetDirection(), ref.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(label.GetOrigin(), ref.GetOrigin(), atol=1e-4)
+
+        r = requests.post(f"{url}/infer/anomaly", params={"image": "case_a", "output": "json"}, timeout=300)
+        assert r.status_code == 200 and len(r.json()["slice_scores"]) == ref.GetSize()[2]
+        assert requests.post(f"{url}/infer/anomaly", params={"image": "nope"}, timeout=60).status_code == 404
+    finally:
+        stop_pid(proc, timeout=20)
+        log.close()
+    assert proc.returncode is not None
+    with socket.socket() as s:  # the port is released
+        assert s.connect_ex(("127.0.0.1", port)) != 0
