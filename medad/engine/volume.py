@@ -136,7 +136,7 @@ class VolumeRunner:
         to_view, from_view = VIEWS[self.view]
         for start in self._batches(n):
             stop = min(start + self.batch_size, n)
-            x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 3, U, V]
+            x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 1 or 3, U, V]
             empty = self._empty(x)
             maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
             keep = (~empty).nonzero().flatten()
@@ -177,7 +177,6 @@ class VolumeRunner:
         if x.shape[0] not in (1, 3):
             raise ValueError(f"{len(ranges)} intensity ranges on a {img.shape[0]}-channel image give {x.shape[0]} "
                              "channels; the detector takes 1 (gray) or 3")
-        x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
         m, s = self._predict(x[None])
         score = float(s[0])
         return VolumeResult(anomaly_map=self._like(m, img), volume_score=score,
@@ -212,9 +211,9 @@ class VolumeRunner:
 
     @staticmethod
     def _channels(x: torch.Tensor) -> torch.Tensor:
-        """``[R, B, U, V]`` scaled slices -> ``[B, 3, U, V]`` (one range: gray repeated; three: one per channel)."""
+        """``[R, B, U, V]`` scaled slices -> ``[B, R, U, V]`` with R = 1 (gray) or 3 (one window per channel)."""
         if x.shape[0] == 1:
-            return x[0][:, None].expand(-1, 3, -1, -1)
+            return x.transpose(0, 1)
         if x.shape[0] == 3:
             return x.transpose(0, 1)
         raise ValueError(f"the detector takes 3 channels; an intensity transform must give 1 or 3 ranges "
@@ -227,7 +226,11 @@ class VolumeRunner:
         return x.flatten(1).amax(1) <= 1e-6
 
     def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """``[B, 3, H, W]`` in [0, 1] -> maps ``[B, H, W]`` float32 (CPU) and scores ``[B]``."""
+        """``[B, 1 or 3, H, W]`` in [0, 1] -> maps ``[B, H, W]`` float32 (CPU) and scores ``[B]``.
+
+        Pads to a square (0 = background), resizes to the model size on the 1-channel data when gray, and only then
+        repeats gray to the 3 RGB channels, so the per-batch temporaries stay small.
+        """
         h, w = x.shape[-2:]
         (t, b), (l, r) = square_pad_width((h, w))
         x = F.pad(x, (l, r, t, b)) if (t or b or l or r) else x.contiguous()
@@ -235,6 +238,8 @@ class VolumeRunner:
         if self.resize_to_model and side != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
                               antialias=True).clamp_(0.0, 1.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         res = self.detector.predict(x)
         maps = torch.as_tensor(res.anomaly_maps).detach().float().cpu()
         if maps.ndim == 4 and maps.shape[1] == 1:

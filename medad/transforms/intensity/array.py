@@ -69,9 +69,9 @@ def apply_ranges(img: NdarrayOrTensor, ranges: Sequence[Range], clip: bool = Tru
     outs = []
     for lo, hi in ranges:
         if hi > lo:
-            y = (x - lo) * (1.0 / (hi - lo))
+            y = (x - lo).mul_(1.0 / (hi - lo))
             if clip:
-                y = y.clamp(0.0, 1.0)
+                y = y.clamp_(0.0, 1.0)
         else:  # degenerate range (constant foreground): a step at lo; a constant image gives 0
             y = (x > lo).to(dtype)
         outs.append(y)
