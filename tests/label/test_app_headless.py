@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TEST_CONF, label_client
+from labelkit import TEST_CONF, label_client
 
 NRRD = {"params": json.dumps({"result_extension": ".nrrd", "result_dtype": "uint8"})}
 
@@ -19,7 +19,7 @@ NRRD = {"params": json.dumps({"result_extension": ".nrrd", "result_dtype": "uint
 def client(tmp_path_factory, studies_dir):
     import shutil
 
-    from conftest import APP_SRC
+    from labelkit import APP_SRC
 
     tmp = tmp_path_factory.mktemp("headless")
     app = tmp / "medad_label"

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import requests
 
-from conftest import APP_SRC, REPO, TEST_CONF, live_server
+from labelkit import APP_SRC, REPO, TEST_CONF, live_server, series_modalities, upload
 
 pytestmark = pytest.mark.orthanc
 
@@ -37,27 +37,27 @@ def ct_series(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, orthanc, ct_series):
+def server(tmp_path_factory, pacs, ct_series):
     """Orthanc holding the CT series + the medad app serving it (DICOMweb datastore) on a live socket."""
-    assert orthanc.upload(ct_series["files"])
+    assert upload(pacs, ct_series["files"])
     tmp = tmp_path_factory.mktemp("orthanc_app")
     app = tmp / "medad_label"
     shutil.copytree(APP_SRC, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__"))
-    with live_server(app, orthanc.dicomweb, TEST_CONF, tmp) as url:
+    with live_server(app, pacs.dicomweb, TEST_CONF, tmp) as url:
         yield url
 
 
-def _qido_series(orthanc, **filters) -> list[dict]:
-    r = requests.get(f"{orthanc.dicomweb}/series", params=filters, headers={"Accept": "application/dicom+json"},
+def _qido_series(pacs, **filters) -> list[dict]:
+    r = requests.get(f"{pacs.dicomweb}/series", params=filters, headers={"Accept": "application/dicom+json"},
                      timeout=30)
     r.raise_for_status()
     return r.json() if r.content else []
 
 
-def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, orthanc, ct_series):
+def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, pacs, ct_series, tmp_path):
     series_uid = ct_series["series"]
     assert requests.post(f"{server}/activelearning/random", json={}, timeout=60).json()["id"] == series_uid
-    assert orthanc.series_modalities() == ["CT"]
+    assert series_modalities(pacs) == ["CT"]
 
     r = requests.post(f"{server}/infer/anomaly", params={"image": series_uid, "output": "json"}, timeout=300)
     assert r.status_code == 200, r.text
@@ -67,21 +67,21 @@ def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, orthanc, 
     assert len(res["slice_scores"]) == SHAPE[2]
 
     # QIDO-RS on the PACS: the Parametric Map (Modality OT in highdicom) and the SEG are there
-    assert orthanc.series_modalities() == ["CT", "OT", "SEG"]
-    seg = _qido_series(orthanc, SeriesInstanceUID=dicom["segmentation_series_uid"])
-    pm = _qido_series(orthanc, SeriesInstanceUID=dicom["parametric_map_series_uid"])
+    assert series_modalities(pacs) == ["CT", "OT", "SEG"]
+    seg = _qido_series(pacs, SeriesInstanceUID=dicom["segmentation_series_uid"])
+    pm = _qido_series(pacs, SeriesInstanceUID=dicom["parametric_map_series_uid"])
     assert len(seg) == 1 and len(pm) == 1
     assert seg[0]["0020000D"]["Value"][0] == ct_series["study"]  # same study as the source
 
     # WADO-RS metadata: the SEG references the source series; the PM has one float frame per slice
     study = ct_series["study"]
-    seg_meta = requests.get(f"{orthanc.dicomweb}/studies/{study}/series/{dicom['segmentation_series_uid']}/metadata",
+    seg_meta = requests.get(f"{pacs.dicomweb}/studies/{study}/series/{dicom['segmentation_series_uid']}/metadata",
                             timeout=30).json()[0]
     seg_ds = pydicom.Dataset.from_json(seg_meta)
     assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert [s.SegmentLabel for s in seg_ds.SegmentSequence] == ["anomaly_low", "anomaly_mid", "anomaly_high"]
     pm_meta = pydicom.Dataset.from_json(requests.get(
-        f"{orthanc.dicomweb}/studies/{study}/series/{dicom['parametric_map_series_uid']}/metadata",
+        f"{pacs.dicomweb}/studies/{study}/series/{dicom['parametric_map_series_uid']}/metadata",
         timeout=30).json()[0])
     assert pm_meta.SOPClassUID == pydicom.uid.ParametricMapStorage
     assert int(pm_meta.NumberOfFrames) == SHAPE[2]
@@ -94,7 +94,7 @@ def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, orthanc, 
     assert r.status_code == 200
     import SimpleITK as sitk
 
-    out = Path(orthanc.storage) / "label.nrrd"
+    out = tmp_path / "label.nrrd"
     out.write_bytes(r.content)
     label = sitk.ReadImage(str(out))
     assert label.GetSize() == SHAPE and label.GetPixelID() == sitk.sitkUInt8
@@ -109,7 +109,7 @@ def _chromium(*args: str, profile: Path, timeout: float = 120) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ohif_study_list_in_headless_chromium(server, orthanc, ct_series, tmp_path):
+def test_ohif_study_list_in_headless_chromium(server, pacs, ct_series, tmp_path):
     if not Path(CHROMIUM).is_file():
         pytest.skip("Chromium is not installed: apt-get install -y chromium")
     url = f"{server}/ohif/"

@@ -14,7 +14,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from conftest import free_port, stop_pid, wait_http
+from labelkit import free_port, stop_pid, wait_http
 
 
 def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
