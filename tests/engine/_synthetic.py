@@ -1,0 +1,41 @@
+"""Generated 2D images with lesion-like anomalies (bright blobs inside an organ-like disc) for training tests."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def make_images(n: int, abnormal: bool, seed: int, size: int = 240):
+    """``n`` images ``[n,3,S,S]`` in [0,1] and masks ``[n,1,S,S]``; abnormal ones carry 1-2 bright blobs."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    images, masks = [], []
+    for _ in range(n):
+        noise = F.interpolate(torch.rand(1, 1, 12, 12, generator=g), size=(size, size), mode="bicubic",
+                              align_corners=False)[0, 0]
+        cx, cy = (size / 2 + 10 * (torch.rand(2, generator=g) - 0.5)).tolist()
+        r = size * (0.38 + 0.05 * float(torch.rand(1, generator=g)))
+        organ = (((xx - cx) ** 2 + (yy - cy) ** 2) < r * r).float()
+        img = organ * (0.35 + 0.15 * noise) + 0.03 * torch.rand(size, size, generator=g)
+        mask = torch.zeros(size, size)
+        if abnormal:
+            for _ in range(1 + int(torch.rand(1, generator=g) < 0.4)):
+                ang, rad = float(torch.rand(1, generator=g)) * 2 * math.pi, float(torch.rand(1, generator=g)) * 0.6 * r
+                lx, ly = cx + rad * math.cos(ang), cy + rad * math.sin(ang)
+                s = 10 + 12 * float(torch.rand(1, generator=g))
+                blob = torch.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / (2 * s * s))
+                img = img + 0.45 * blob * organ
+                mask = torch.maximum(mask, ((blob > 0.5) * organ).float())
+        images.append(img.clamp(0, 1).expand(3, -1, -1))
+        masks.append(mask[None])
+    return torch.stack(images), torch.stack(masks)
+
+
+def make_set(n_normal: int, n_abnormal: int, seed: int, size: int = 240):
+    """Normal then abnormal images: ``(images, masks, labels)``."""
+    xn, mn = make_images(n_normal, False, seed, size)
+    xa, ma = make_images(n_abnormal, True, seed + 1000, size)
+    labels = torch.tensor([0] * n_normal + [1] * n_abnormal)
+    return torch.cat([xn, xa]), torch.cat([mn, ma]), labels
