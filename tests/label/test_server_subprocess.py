@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psutil
@@ -23,7 +24,7 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
     env["MONAI_LABEL_SESSION_PATH"] = str(tmp_path / "sessions")
     cmd = [sys.executable, "-m", "medad", "label", "--studies", str(studies_dir), "--app", str(app_dir),
            "--port", str(port), "--backbone", "tiny", "--device", "cpu", "--thresholds", "0.3,0.5,0.7",
-           "--log-level", "warning"]
+           "--shots", "2", "--log-level", "warning"]
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -53,6 +54,20 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
         r = requests.post(f"{url}/infer/anomaly", params={"image": "case_a", "output": "json"}, timeout=300)
         assert r.status_code == 200 and len(r.json()["slice_scores"]) == ref.GetSize()[2]
         assert requests.post(f"{url}/infer/anomaly", params={"image": "nope"}, timeout=60).status_code == 404
+
+        # reviewer loop as 3D Slicer's "Train" button runs it: asynchronously, in a MONAI Label worker process
+        with open(studies_dir / "case_n.nii.gz", "rb") as f:
+            r = requests.put(f"{url}/datastore/label", params={"image": "case_n", "tag": "normal"},
+                             files={"label": ("case_n.nii.gz", f)}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert requests.post(f"{url}/train/anomaly", timeout=60).json()["status"] == "SUBMITTED"
+        deadline = time.monotonic() + 180
+        while (task := requests.get(f"{url}/train/", timeout=30).json())["status"] in ("SUBMITTED", "RUNNING"):
+            assert time.monotonic() < deadline, task
+            time.sleep(1)
+        assert task["status"] == "DONE", task.get("details")
+        bank = requests.get(f"{url}/info/", timeout=30).json()["models"]["anomaly"]["medad"]
+        assert bank["site_checkpoint"] is True and bank["memory_bank_tokens"] == 2 * 17 * 17  # shots 2 (TEST_CONF)
     finally:
         stop_pid(proc, timeout=20)
         log.close()
