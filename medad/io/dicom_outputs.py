@@ -78,6 +78,9 @@ def _read_sources(source_files):
         raise ValueError("source_files is empty: pass the DICOM files of the series the map was computed on "
                          "(volume.meta['source_files'])")
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    if not all(ds.get("FrameOfReferenceUID") for ds in datasets):
+        raise ValueError(f"source series in {os.path.dirname(files[0])} has no FrameOfReferenceUID, so a DICOM "
+                         "Parametric Map/SEG cannot be aligned to it; write the map as NIfTI instead (save_nifti)")
     if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
         geom = hd.imread(files[0], lazy_frame_retrieval=True).get_volume_geometry()
         if geom is None:

@@ -97,6 +97,14 @@ def _load_single_frame(record: SeriesRecord) -> MetaTensor:
         datasets = [pydicom.dcmread(f) for f in files]
     except Exception as e:  # noqa: BLE001
         raise SeriesLoadError(f"series {record.key} in {where}: cannot read a file ({type(e).__name__}: {e})") from e
+    frame_of_reference = str(datasets[0].get("FrameOfReferenceUID", ""))
+    if not all(ds.get("FrameOfReferenceUID") for ds in datasets):  # type 1, but dropped by some anonymizers
+        from pydicom.uid import generate_uid
+
+        frame_of_reference = ""
+        synthetic = generate_uid(entropy_srcs=["medad-missing-frame-of-reference", record.key])
+        for ds in datasets:  # in memory only, so that highdicom accepts the patient coordinate system
+            ds.FrameOfReferenceUID = synthetic
     try:
         vol = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False)
     except (RuntimeError, NotImplementedError, ImportError) as e:  # pixel decoding: fall back to GDCM
@@ -106,6 +114,7 @@ def _load_single_frame(record: SeriesRecord) -> MetaTensor:
                               "Check for missing slices or mixed acquisitions (see medad.io.find_series reasons).") from e
     mt = metatensor_from_hd_volume(vol)
     mt.meta.update(_dicom_meta(datasets[0], record, where, _sort_files_along_z(files, datasets, mt)))
+    mt.meta["frame_of_reference_uid"] = frame_of_reference
     return mt
 
 

@@ -206,3 +206,14 @@ def test_truncated_compressed_file(tmp_path, small_ct):
     assert [f.reason for f in index.files if f.path == str(files[3])] == ["truncated"]
     # the rest of the series now has a gap and is rejected too
     assert {f.reason for f in index.files if f.path != str(files[3])} == {"irregular_spacing"}
+
+
+def test_cuts_anywhere_are_truncated(tmp_path, small_ct):
+    """A file cut inside its file meta, its header or its pixel data is 'truncated' (damaged), never loadable."""
+    hu, _, affine = small_ct
+    data = write_dicom_series(hu[:, :, :1], affine, tmp_path / "src", seed="cut")[0].read_bytes()
+    cuts = [150, 333, 555, 777, 999, len(data) - 1000, len(data) - 1]
+    for c in cuts:
+        (tmp_path / f"cut{c}.dcm").write_bytes(data[:c])
+    index = find_series(tmp_path, recursive=False)
+    assert [f.reason for f in index.files] == ["truncated"] * len(cuts), [(f.path, f.detail) for f in index.files]
