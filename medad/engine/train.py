@@ -49,8 +49,8 @@ from .losses import MVFALoss
 from .metrics import PixelMetrics, auroc
 
 __all__ = ["TrainConfig", "FeatureSet", "Selector", "TrainResult", "PROTOCOL_LABELS", "encode_features",
-           "features_from_tensors", "features_from_samples", "fit_adapters", "reset_adapters", "text_table",
-           "train_zero_shot", "train_few_shot"]
+           "features_from_tensors", "features_from_samples", "accumulate_gradients", "fit_adapters", "reset_adapters",
+           "text_table", "train_zero_shot", "train_few_shot"]
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,30 @@ def reset_adapters(det: AnomalyDetector, seed: int) -> None:
     broadcast_parameters(det.model.adapters.parameters())
 
 
+def accumulate_gradients(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, global_idx: torch.Tensor,
+                         loss_fn: MVFALoss, device: torch.device, amp: bool = True) -> tuple[int, dict[str, float]]:
+    """Gradient of the mean loss over the global batch ``global_idx`` into the adapters' ``.grad``.
+
+    Each rank computes its slice (:func:`~medad.engine.distributed.shard`) with the loss scaled by the slice's share
+    of the global batch, then the gradients are summed over ranks: the result equals the single-process gradient.
+
+    Returns:
+        ``(local batch size, {"loss", "seg", "det"} local means)``.
+    """
+    info = world_info()
+    local_idx = shard(global_idx, info.rank, info.world_size)
+    losses = {"loss": 0.0, "seg": 0.0, "det": 0.0}
+    if len(local_idx):
+        h, labels, tix, masks, has = train.batch(local_idx, device)
+        with _autocast(device, amp):
+            seg, dt = det.model.forward_levels(h)
+        out = loss_fn(seg, dt, texts[tix.to(texts.device)], labels, masks, has)
+        (out["loss"] * (len(local_idx) / len(global_idx))).backward()
+        losses = {k: float(out[k].detach()) for k in losses}
+    all_reduce_gradients(det.model.adapters.parameters(), op="sum")
+    return len(local_idx), losses
+
+
 def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, config: TrainConfig, lr: float,
                  selectors: Sequence[Selector] = (), on_epoch: Optional[Callable[[int, dict], None]] = None
                  ) -> tuple[list[dict], Optional[int]]:
@@ -276,19 +300,12 @@ def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, c
         t0, sums, n_seen = time.time(), {"loss": 0.0, "seg": 0.0, "det": 0.0}, 0
         order = torch.randperm(len(train), generator=gen)
         for start in range(0, len(train), config.batch_size):
-            global_idx = order[start:start + config.batch_size]
-            local_idx = shard(global_idx, info.rank, info.world_size)
             opt.zero_grad(set_to_none=True)
-            if len(local_idx):
-                h, labels, tix, masks, has = train.batch(local_idx, device)
-                with _autocast(device, config.amp):
-                    seg, dt = model.forward_levels(h)
-                out = loss_fn(seg, dt, texts[tix.to(device)], labels, masks, has)
-                (out["loss"] * (len(local_idx) / len(global_idx))).backward()
-                for k in sums:
-                    sums[k] += float(out[k].detach()) * len(local_idx)
-                n_seen += len(local_idx)
-            all_reduce_gradients(params, op="sum")
+            n_local, losses = accumulate_gradients(det, train, texts, order[start:start + config.batch_size],
+                                                   loss_fn, device, config.amp)
+            for k in sums:
+                sums[k] += losses[k] * n_local
+            n_seen += n_local
             opt.step()
             bar.update(1)
         record = {"epoch": epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()}, "time_s": time.time() - t0}
