@@ -27,24 +27,19 @@ slices at one position. Enhanced/legacy-converted multi-frame objects are one re
 from __future__ import annotations
 
 import os
-import re
-import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+
+from ._header import is_localizer, read_header
 
 __all__ = ["FileRecord", "SeriesIndex", "SeriesRecord", "find_series", "is_image_file"]
 
 _IMAGE_FILE_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "itk", ".nhdr": "itk", ".mha": "itk",
                         ".mhd": "itk"}
-_LOCALIZER_RE = re.compile(r"\b(localizer|localiser|scout|survey|topogram|3[- ]?plane|tri[- ]?pilot)\b", re.I)
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _SPACING_RTOL = 0.01   # relative slice-spacing tolerance (same default as highdicom)
 _TILT_TOL = 1e-3       # 1 - |cos| between stacking direction and slice normal
 
@@ -152,116 +147,9 @@ def _iter_files(inputs: Iterable[str | os.PathLike], recursive: bool) -> list[st
     return list(seen)
 
 
-def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
-    """After a ``stop_before_pixels`` read, check that Pixel Data exists and is complete; return a skip reason."""
-    pos = fp.tell()
-    if pos >= size:
-        return "no_pixel_data", "the header ends without Pixel Data (header-only export, or cut between elements)"
-    implicit, little = getattr(ds, "original_encoding", (False, True))
-    ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
-    if implicit is None or ts == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
-        return None
-    head = fp.read(12)
-    if len(head) < 8:
-        return "truncated", f"file ends inside the Pixel Data header ({size} bytes)"
-    end = "<" if little else ">"
-    group, elem = struct.unpack(end + "HH", head[:4])
-    if (group << 16 | elem) not in _PIXEL_TAGS:
-        return None  # stopped for another reason (e.g. deflated encoding); the full read will tell
-    if not implicit and head[4:6] not in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-        implicit = True  # writer switched to implicit VR (pydicom tolerates it, so do we)
-    if implicit:
-        (length,) = struct.unpack(end + "L", head[4:8])
-        hdr = 8
-    else:
-        if len(head) < 12:
-            return "truncated", f"file ends inside the Pixel Data header ({size} bytes)"
-        (length,) = struct.unpack(end + "L", head[8:12])
-        hdr = 12
-    if length == 0xFFFFFFFF:  # encapsulated: ends with a Sequence Delimitation Item (maybe + trailing padding)
-        fp.seek(max(size - 1024, pos))
-        if fp.read().rfind(struct.pack(end + "HHL", 0xFFFE, 0xE0DD, 0)) < 0:
-            return "truncated", "encapsulated Pixel Data has no sequence delimiter (file cut short)"
-        return None
-    if pos + hdr + length > size:
-        return "truncated", f"Pixel Data needs {length} bytes but the file ends {size - pos - hdr} bytes after its start"
-    need = int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * int(ds.get("SamplesPerPixel", 1)) \
-        * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 8)) // 8
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":  # chroma subsampled: 2 of 3 samples
-        need = need * 2 // 3
-    if length < need:
-        return "truncated", f"Pixel Data holds {length} bytes, the header needs {need}"
-    return None
-
-
-def _cut_in_header(ds, size: int) -> tuple[str, str] | None:
-    """pydicom stops silently at end of file: find a short last value or a partial element header after the last one."""
-    meta = getattr(ds, "file_meta", None)
-    elems = [*(meta.elements() if meta is not None else ()), *ds.elements()]
-    for elem in elems:
-        value, length = getattr(elem, "value", None), getattr(elem, "length", None)
-        if isinstance(value, bytes) and length is not None and length != 0xFFFFFFFF and len(value) < length:
-            return "truncated", f"file ends inside DICOM header element {elem.tag} ({size} bytes)"
-    last = max(ds.elements(), key=lambda e: e.tag, default=None) if len(ds) else None
-    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
-    if tell is not None and length is not None and length != 0xFFFFFFFF and tell + length < size:
-        return "truncated", f"file ends inside a DICOM element header after {tell + last.length} of {size} bytes"
-    if len(ds) == 0:
-        return "truncated", f"file ends before its data set ({size} bytes)"
-    if "SOPClassUID" not in ds and meta is not None and "MediaStorageSOPClassUID" in meta:
-        return "truncated", f"file ends before the SOP Class UID of its data set ({size} bytes)"
-    sop = str(ds.get("SOPClassUID", ""))
-    if _is_image_sop(sop, ds) and not all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
-        return "truncated", f"image header ends before Rows/Columns/BitsAllocated ({size} bytes): file cut short?"
-    return None
-
-
-def _is_image_sop(sop: str, ds) -> bool:
-    name = UID(sop).name if sop else ""
-    if name and name != sop:  # a known SOP class
-        return "Image Storage" in name
-    return "Rows" in ds and "Columns" in ds  # private/unknown SOP class: trust the image attributes
-
-
-def _read_header(path: str):
-    """Return ``(dataset, None)`` or ``(None, (reason, detail))``; never raises for bad files."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            meta = getattr(ds, "file_meta", None) or {}
-            meta_sop = str(meta.get("MediaStorageSOPClassUID", ""))
-            if meta_sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
-                return None, ("dicomdir", "DICOMDIR index file; its images are indexed from their own files")
-            deflated = str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99"
-            if fp.tell() >= size and not deflated and (cut := _cut_in_header(ds, size)):
-                return None, cut
-            sop = str(ds.get("SOPClassUID", meta_sop))
-            if not _is_image_sop(sop, ds):
-                return None, ("non_image", f"{UID(sop).name or 'unknown SOP class'} ({ds.get('Modality', '?')})")
-            bad = _pixel_data_check(fp, ds, size)
-    except InvalidDicomError:
-        return None, ("not_dicom", "not a DICOM Part-10 file (no 'DICM' preamble) and not a NIfTI/NRRD/MHA image")
-    except (EOFError, struct.error) as e:
-        return None, ("truncated", f"file ends inside the DICOM header ({type(e).__name__})")
-    except Exception as e:  # noqa: BLE001 - one bad file must not stop the index
-        msg = str(e).split("\n")[0][:200]
-        if any(k in msg.lower() for k in ("end of file", "eof", "truncat", "no tag to read")):
-            return None, ("truncated", f"file ends inside the DICOM header: {msg}")
-        return None, ("unreadable", f"{type(e).__name__}: {msg}")
-    if bad:
-        return None, bad
-    return ds, None
-
-
 def _s(ds, kw: str, default: str = "") -> str:
     v = ds.get(kw, default)
     return default if v is None else str(v)
-
-
-def _localizer(ds) -> bool:
-    image_type = [str(t).upper() for t in (ds.get("ImageType") or [])]
-    return "LOCALIZER" in image_type or bool(_LOCALIZER_RE.search(_s(ds, "SeriesDescription")))
 
 
 def _split_duplicates(entries: list[dict]) -> tuple[list[tuple[str, list[dict]]], bool]:
@@ -376,8 +264,8 @@ def find_series(
             records.append(rec)
             status[path] = FileRecord(path, "series", series_key=path)
             continue
-        ds, bad = _read_header(path)
-        if bad is None and _localizer(ds):
+        ds, bad = read_header(path)
+        if bad is None and is_localizer(ds):
             bad = ("localizer", f"localizer/scout image (ImageType {list(ds.get('ImageType') or [])})")
         if bad is None:
             sop = _s(ds, "SOPInstanceUID")

@@ -167,3 +167,21 @@ def test_stow_to_local_dicomweb(tmp_path, oblique_series):
         assert err.value.result.failed == [(_FakeStow.fail_uid, "272")]
     finally:
         server.shutdown()
+
+
+def test_outputs_for_enhanced_multiframe_source(tmp_path, small_ct):
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, oblique_affine(), tmp_path / "single", seed="mf-out")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=[pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=60,
+        sop_instance_uid=hd.UID(), instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    vol = load_volume(tmp_path / "enhanced.dcm")
+    amap = vol.clone()
+    amap[0] = torch.linspace(0, 1, vol[0].numel()).reshape(vol[0].shape)
+    pm = hd.imread(write_parametric_map(amap, vol, tmp_path / "out" / "pm.dcm"))
+    assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
+    np.testing.assert_allclose(metatensor_from_hd_volume(pm.get_volume(dtype=np.float32)).numpy(), amap.numpy())
+    seg = hd.seg.segread(write_segmentation(amap, vol, tmp_path / "out" / "seg.dcm", thresholds=THRESHOLDS))
+    back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
+    np.testing.assert_array_equal(back[0].numpy(), grade_map(amap[0].numpy(), THRESHOLDS))
