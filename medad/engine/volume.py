@@ -117,7 +117,7 @@ class VolumeRunner:
         self.image_size = int(getattr(detector, "image_size", 240))
 
     # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the map in place
     def run(self, volume: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
         """Score a volume ``[1, X, Y, Z]`` (or ``[X, Y, Z]``; plain arrays get an identity affine).
 
@@ -137,7 +137,7 @@ class VolumeRunner:
         for start in self._batches(n):
             stop = min(start + self.batch_size, n)
             x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 1 or 3, U, V]
-            empty = self._empty(x)
+            empty = self._empty(x).cpu()
             maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
             keep = (~empty).nonzero().flatten()
             if len(keep):
@@ -158,7 +158,7 @@ class VolumeRunner:
                             slice_scores=slice_scores, top_slices=top, axis=self.axis, n_slices=n,
                             source_dim=slicer.source_dim, skipped=skipped_src)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the map in place
     def run_2d(self, image: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
         """Score one 2D image ``[H, W]``, ``[1, H, W]`` or ``[3, H, W]`` (RGB), already in display orientation.
 
@@ -178,6 +178,7 @@ class VolumeRunner:
             raise ValueError(f"{len(ranges)} intensity ranges on a {img.shape[0]}-channel image give {x.shape[0]} "
                              "channels; the detector takes 1 (gray) or 3")
         m, s = self._predict(x[None])
+        m = m.clone()  # a plain tensor, not a view of the detector's (inference-mode) output
         score = float(s[0])
         return VolumeResult(anomaly_map=self._like(m, img), volume_score=score,
                             slice_scores=np.array([score], dtype=np.float32), top_slices=[0], axis=None, n_slices=1,

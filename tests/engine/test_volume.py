@@ -63,6 +63,7 @@ def test_bright_cube_lands_in_source_voxels(view):
     assert np.array_equal(np.flatnonzero(~res.skipped), np.arange(10, 15))
     assert np.all(res.slice_scores[res.skipped] == 0)
     assert res.volume_score == pytest.approx(float(np.mean(res.slice_scores[10:15])))
+    amap.add_(0.0)  # a normal tensor (not an inference-mode one): callers may edit it in place
 
 
 def test_each_axis_and_scores_follow_source_index():
