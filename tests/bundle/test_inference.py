@@ -1,0 +1,166 @@
+"""Inference config: ConfigWorkflow (in-process) and the CLI (subprocess) on a CT DICOM series and an MR NIfTI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from .conftest import CONFIGS, REPO, demo_available, model_overrides
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def inference_run(dataset_dir, tmp_path_factory):
+    from monai.bundle import ConfigWorkflow
+
+    out = tmp_path_factory.mktemp("infer_out")
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer", logging_file=False,
+                        dataset_dir=str(dataset_dir), output_dir=str(out), slice_batch_size=16, save_dicom=True,
+                        **model_overrides())
+    wf.initialize()
+    missing = wf.check_properties()
+    wf.run()
+    wf.finalize()
+    return wf, out, missing
+
+
+def test_workflow_properties(inference_run):
+    wf, _, missing = inference_run
+    assert missing == []  # every InferProperties/MetaProperties id is present
+    assert wf.parser.get_parsed_content("bundle_root") == "bundles/mri_ct_slice_anomaly_mvfa"
+
+
+def test_outputs_and_csv(inference_run, dataset_dir):
+    _, out, _ = inference_run
+    rows = {r["name"]: r for r in _read_csv(out / "scores.csv")}
+    # one row per volume; the mask next to the MR image is excluded by the default "*mask*" pattern
+    assert set(rows) == {"ct_head_dicom", "mr_flair"}
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["ct_head_dicom_anomaly.nii.gz", "mr_flair_anomaly.nii.gz"]
+    assert rows["ct_head_dicom"]["modality"] == "CT" and rows["mr_flair"]["parametric_map"] == ""
+    for r in rows.values():
+        assert (out / r["anomaly_map"]).is_file()
+        n = int(r["slices"])
+        top = [int(i) for i in r["top_slices"].split()]
+        top_scores = [float(s) for s in r["top_slice_scores"].split()]
+        assert r["slice_axis"] == "axial" and r["slice_dim"] == "2"
+        assert len(top) == 5 and len(set(top)) == 5 and all(0 <= i < n for i in top)
+        assert top_scores == sorted(top_scores, reverse=True)
+        # default volume score: mean of the top-5 slice scores
+        assert float(r["volume_score"]) == pytest.approx(np.mean(top_scores), abs=1e-5)
+        data = nib.load(out / r["anomaly_map"]).get_fdata(dtype=np.float32)
+        assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 1.0 and data.std() > 0
+
+
+def test_dicom_parametric_map_and_seg(inference_run, dataset_dir):
+    """``--save_dicom true``: a float PM and a graded BINARY SEG on the CT series' frame of reference."""
+    import highdicom as hd
+    import pydicom
+
+    _, out, _ = inference_run
+    row = {r["name"]: r for r in _read_csv(out / "scores.csv")}["ct_head_dicom"]
+    assert (row["parametric_map"], row["segmentation"]) == ("ct_head_dicom_pm.dcm", "ct_head_dicom_seg.dcm")
+    src = pydicom.dcmread(next((dataset_dir / "ct_head" / "dicom").iterdir()), stop_before_pixels=True)
+    pm = pydicom.dcmread(out / row["parametric_map"])
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and int(pm.NumberOfFrames) == int(row["slices"])
+    assert pm.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID == row["series_uid"]
+    seg = hd.seg.segread(out / row["segmentation"])
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["anomaly_low", "anomaly_mid", "anomaly_high"]
+    assert not (out / "mr_flair_pm.dcm").exists()  # NIfTI source: no DICOM objects
+
+
+def test_geometry_matches_sources(inference_run, dataset_dir):
+    """The maps sit on the source voxel grid: compared with SimpleITK's reading of the DICOM series and the NIfTI."""
+    _, out, _ = inference_run
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dataset_dir / "ct_head" / "dicom")))
+    pairs = [(reader.Execute(), sitk.ReadImage(str(out / "ct_head_dicom_anomaly.nii.gz"))),
+             (sitk.ReadImage(str(dataset_dir / "mr" / "flair.nii.gz")),
+              sitk.ReadImage(str(out / "mr_flair_anomaly.nii.gz")))]
+    for src, amap in pairs:
+        assert amap.GetSize() == src.GetSize()
+        np.testing.assert_allclose(amap.GetOrigin(), src.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(amap.GetSpacing(), src.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(amap.GetDirection(), src.GetDirection(), atol=1e-5)
+
+
+def test_bundle_is_wiring_over_volume_runner(inference_run, dataset_dir):
+    """The bundle's map and scores equal a direct ``VolumeRunner`` call on the same volume (no extra math)."""
+    import medad
+    from medad.engine.volume import VolumeRunner
+    from medad.io import load_volume
+
+    _, out, _ = inference_run
+    kw = model_overrides()
+    det = medad.load_detector(backbone=kw.get("backbone"), adapters=kw.get("adapters", "demo"))
+    res = VolumeRunner(det, batch_size=7).run(load_volume(dataset_dir / "mr" / "flair.nii.gz"))
+    saved = nib.load(out / "mr_flair_anomaly.nii.gz").get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(saved, res.anomaly_map[0].numpy(), atol=1e-5)
+    row = {r["name"]: r for r in _read_csv(out / "scores.csv")}["mr_flair"]
+    assert float(row["volume_score"]) == pytest.approx(res.volume_score, abs=1e-5)
+    assert [int(i) for i in row["top_slices"].split()] == res.top_slices
+
+
+@pytest.mark.skipif(demo_available(), reason="covered by test_readme.py (the README commands run the CLI)")
+def test_cli_from_repo_root(sample_volumes, tmp_path):
+    """``python -m monai.bundle run`` as a user types it, from the repository root, on one NIfTI file."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS.relative_to(REPO) / "inference.json"),
+           "--datalist", f"$medad.bundle.find_volumes(['{sample_volumes['mr_nifti']}'])", "--output_dir", str(out)]
+    for k, v in model_overrides().items():
+        cmd += [f"--{k}", "$None" if v is None else v]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _read_csv(out / "scores.csv")
+    assert [r["name"] for r in rows] == ["image"]
+    img = nib.load(out / "image_anomaly.nii.gz")
+    np.testing.assert_allclose(img.affine, nib.load(sample_volumes["mr_nifti"]).affine, atol=1e-4)
+    assert "volume score" in proc.stdout  # logging.conf routes medad's INFO lines to stdout
+
+
+def test_find_volumes_errors(tmp_path):
+    import medad.bundle as mb
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mb.find_volumes(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="no loadable volume"):
+        mb.find_volumes(tmp_path)
+
+
+def test_find_volumes_names_several_series_in_one_folder(tmp_path):
+    """Two series in one folder are two items (never stacked), named by folder + SeriesNumber."""
+    import medad.bundle as mb
+    from medad.data import write_dicom_series
+    from medad.data.phantoms import default_affine
+
+    hu = np.random.default_rng(0).integers(-1000, 1000, size=(24, 24, 4)).astype(np.float32)
+    aff = default_affine(hu.shape, (1.0, 1.0, 3.0))
+    write_dicom_series(hu, aff, tmp_path / "study", seed=3, series_number=2, file_prefix="A")
+    write_dicom_series(hu[:, :, :3], aff, tmp_path / "study", seed=4, series_number=5, file_prefix="B")
+    items = sorted(mb.find_volumes(tmp_path), key=lambda i: i["name"])
+    assert [i["name"] for i in items] == ["study_s2", "study_s5"]
+    vols = [mb.LoadVolumed("image")(i)["image"] for i in items]
+    assert [tuple(v.shape) for v in vols] == [(1, 24, 24, 4), (1, 24, 24, 3)]
+    assert all(v.meta["output_name"] == i["name"] for v, i in zip(vols, items))
+    assert "series" not in mb.LoadVolumed("image")(items[0])  # removed so that batches collate
+
+
+def test_inferer_rejects_multichannel():
+    import medad.bundle as mb
+
+    with pytest.raises(ValueError, match=r"\[B, 1, X, Y, Z\]"):
+        mb.VolumeInferer()(torch.zeros(1, 2, 4, 4, 4), torch.nn.Identity())

@@ -1,0 +1,113 @@
+"""metadata.json against the vendored schema, verify_net_in_out, ckpt_export and SliceAnomalyNet's state dicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from .conftest import BUNDLE, CONFIGS, model_overrides
+
+SCHEMA = BUNDLE / "docs" / "metadata_schema.json"
+
+
+def test_verify_metadata_offline(tmp_path):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))  # no download: the file exists
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert "optional_packages_version" not in meta and "medad" in meta["required_packages_version"]
+    del meta["network_data_format"]["inputs"]["image"]["channel_def"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="channel_def"):
+        verify_metadata(meta_file=str(bad), filepath=str(SCHEMA))
+
+
+def test_metadata_matches_installed_versions():
+    import monai
+    import numpy
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["monai_version"] == monai.__version__
+    assert meta["numpy_version"] == numpy.__version__
+    assert meta["version"] in meta["changelog"]
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), device="cpu", **_overrides())
+
+
+def _overrides() -> dict:
+    return {k: "$None" if v is None else v for k, v in model_overrides().items()}
+
+
+@pytest.fixture(scope="module")
+def net_with_bank():
+    """A SliceAnomalyNet whose detector has a memory bank, fitted normalizers and non-default options."""
+    import medad.bundle as mb
+
+    kw = model_overrides()
+    net = mb.SliceAnomalyNet(backbone=kw.get("backbone"), adapters=kw.get("adapters", "demo"))
+    support = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(0))
+    net.detector.fit_memory_bank(support)
+    net.detector.fit_normalizers(support)
+    net.detector.thresholds = (0.4, 0.6, 0.8)
+    net.detector.image_score_rule = "map_max"
+    return net
+
+
+def test_state_dict_round_trip_keeps_bank_and_options(net_with_bank):
+    import medad.bundle as mb
+
+    sd = net_with_bank.state_dict()
+    assert sd["_extra_state"]["memory_bank"]["seg"].shape == net_with_bank.detector.memory_bank.seg.shape
+    fresh = mb.SliceAnomalyNet(backbone="tiny", adapters=None)
+    fresh.load_state_dict(sd)
+    assert fresh.detector.thresholds == (0.4, 0.6, 0.8) and fresh.detector.image_score_rule == "map_max"
+    x = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), net_with_bank(x))
+
+
+def test_forward_shapes_and_range(net_with_bank):
+    x = torch.rand(3, 3, 200, 160)
+    with torch.no_grad():
+        y = net_with_bank(x)
+    assert y.shape == (3, 1, 200, 160) and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    torch.testing.assert_close(y[:, 0], net_with_bank.detector.predict(x).anomaly_maps)
+
+
+def test_ckpt_export_from_adapter_checkpoint(net_with_bank, tmp_path):
+    """models/model.pt is an MVFA/medad adapter checkpoint; ckpt_export loads it into network_def and traces it."""
+    import medad.bundle as mb
+    from medad.checkpoints import read_checkpoint
+    from monai.bundle import ckpt_export
+
+    ckpt = tmp_path / "models" / "model.pt"
+    mb.save_model(net_with_bank, ckpt)
+    assert mb.is_adapter_checkpoint(read_checkpoint(ckpt))
+    ts_path = tmp_path / "models" / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ckpt),
+                meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
+                use_trace=True, input_shape=[1, 3, 240, 240], **_overrides())
+    extra = {"metadata.json": "", "inference.json": ""}
+    ts = torch.jit.load(str(ts_path), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    x = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ts(x), net_with_bank(x), atol=1e-5, rtol=1e-4)  # the bank made it into the export
+
+
+def test_load_state_dict_rejects_wrong_backbone(net_with_bank):
+    import medad.bundle as mb
+
+    sd = net_with_bank.state_dict()
+    sd["_extra_state"] = {**sd["_extra_state"], "backbone": "ViT-L-14-336"}
+    with pytest.raises(ValueError, match="backbone"):
+        mb.SliceAnomalyNet(backbone="tiny", adapters=None).load_state_dict(sd)
