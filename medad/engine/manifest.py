@@ -39,7 +39,7 @@ from ..io._atomic import atomic_path
 __all__ = [
     "RECORD_NAME", "RESULTS_COLUMNS", "FAILED_REASONS", "SeriesOutcome", "series_dir_name", "series_fingerprint",
     "read_record", "write_record", "write_text_atomic", "file_entries", "write_results_csv", "write_manifest",
-    "remove_stale_temporaries", "config_hash",
+    "remove_stale_temporaries", "config_hash", "acquire_run_lock", "release_run_lock",
 ]
 
 RECORD_NAME = "record.json"
@@ -160,6 +160,45 @@ def remove_stale_temporaries(out_dir: str | os.PathLike) -> int:
                     os.unlink(os.path.join(root, name))
                     n += 1
     return n
+
+
+def acquire_run_lock(out_dir: str | os.PathLike):
+    """Hold ``OUT/run.lock`` (``flock``) while a run writes there; the OS releases it if the process dies.
+
+    Raises:
+        OutputBusyError: another run holds it.
+    """
+    import fcntl
+
+    path = Path(out_dir) / "run.lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        owner = fh.read().strip()
+        fh.close()
+        raise OutputBusyError(f"another medad score run ({owner or 'unknown pid'}) is writing to {out_dir}; wait for "
+                              "it to finish or use another --out folder") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def release_run_lock(fh) -> None:
+    """Release a lock from :func:`acquire_run_lock` (None is ignored)."""
+    if fh is not None and not fh.closed:
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+class OutputBusyError(RuntimeError):
+    """Another run is writing to the same output folder."""
 
 
 def _fmt_score(v: Optional[float]) -> str:

@@ -291,37 +291,41 @@ def score(
     config = _run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
                          dicom_out=dicom_out)
 
-    plan = None
-    if info.main:
-        try:
-            plan = _make_plan(inputs, out, config, modality=modality, body_part=body_part,
-                              series_description=series_description, overwrite=overwrite,
-                              retry_failed=retry_failed, stow=stow, progress=progress)
-        except (ScoreConfigError, FileNotFoundError, re.error) as e:
-            plan = _Plan(SeriesIndex(), [], {}, {}, {}, [], error=f"{type(e).__name__}: {e}")
-    plan = _broadcast(plan, dist_on)
-    if plan.error:
-        raise ScoreConfigError(plan.error)
+    plan, lock = None, None
+    try:
+        if info.main:
+            try:
+                lock = mf.acquire_run_lock(out)
+                plan = _make_plan(inputs, out, config, modality=modality, body_part=body_part,
+                                  series_description=series_description, overwrite=overwrite,
+                                  retry_failed=retry_failed, stow=stow, progress=progress)
+            except (ScoreConfigError, mf.OutputBusyError, FileNotFoundError, re.error) as e:
+                plan = _Plan(SeriesIndex(), [], {}, {}, {}, [], error=f"{type(e).__name__}: {e}")
+        plan = _broadcast(plan, dist_on)
+        if plan.error:
+            raise ScoreConfigError(plan.error)
 
-    by_key = {s.key: s for s in plan.selected}
-    todo = [by_key[k] for k in plan.todo]
-    mine = balanced_shards(todo, info.world_size)[info.rank]
-    bs = batch_size or default_batch_size(dev, detector)
-    runner = VolumeRunner(detector, batch_size=bs, axis=axis, intensity=intensity, top_k=top_k)
-    nworkers = default_workers() if workers is None else int(workers)
-    log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
-             info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
-    if mine:
-        _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
-                     workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])
-    barrier()
-    summary = None
-    if info.main:
-        summary = _merge(out, plan, n_todo=len(todo))
-        summary.elapsed_s = round(time.perf_counter() - t0, 3)
-        mf.write_text_atomic(out / "summary.json", json.dumps(summary.to_dict(), indent=1, sort_keys=True) + "\n")
-    summary = _broadcast(summary, dist_on)
-    return summary
+        by_key = {s.key: s for s in plan.selected}
+        todo = [by_key[k] for k in plan.todo]
+        mine = balanced_shards(todo, info.world_size)[info.rank]
+        bs = batch_size or default_batch_size(dev, detector)
+        runner = VolumeRunner(detector, batch_size=bs, axis=axis, intensity=intensity, top_k=top_k)
+        nworkers = default_workers() if workers is None else int(workers)
+        log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
+                 info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
+        if mine:
+            _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
+                         workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])
+        barrier()
+        summary = None
+        if info.main:
+            summary = _merge(out, plan, n_todo=len(todo))
+            summary.elapsed_s = round(time.perf_counter() - t0, 3)
+            mf.write_text_atomic(out / "summary.json",
+                                 json.dumps(summary.to_dict(), indent=1, sort_keys=True) + "\n")
+    finally:
+        mf.release_run_lock(lock)
+    return _broadcast(summary, dist_on)
 
 
 def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, config: dict, *, dicom_out, stow,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from score_export import expected_for, make_messy_export
 
+from medad.engine.manifest import acquire_run_lock, release_run_lock
 from medad.engine.score import ScoreConfigError, score
 
 
@@ -117,6 +118,10 @@ def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     assert s.n_selected == 1
     with pytest.raises(ScoreConfigError, match="other settings"):
         score([export], out, detector=tiny_detector, workers=0, progress=False, top_k=2)
+    lock = acquire_run_lock(out)  # another run is writing there
+    with pytest.raises(ScoreConfigError, match="another medad score run"):
+        score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr")
+    release_run_lock(lock)
     with pytest.raises(ScoreConfigError, match="neither a file nor a folder"):
         score([export / "nope"], tmp_path / "x", detector=tiny_detector, progress=False)
-    assert not any(n.startswith(".") for _, _, names in os.walk(out) for n in names)  # no temporaries left
+    assert not any(".tmp-" in n for _, _, names in os.walk(out) for n in names)  # no temporaries left
