@@ -87,10 +87,16 @@ def _read_sources(source_files):
             raise ValueError(f"{files[0]}: multi-frame source is not a regular 3D volume")
         return datasets, geom
     ds0 = datasets[0]
+    for ds in datasets[1:]:  # highdicom wants identical values; rounding noise between slices is harmless
+        for kw, tol in (("ImageOrientationPatient", 1e-4), ("PixelSpacing", 1e-4)):
+            a, b = ds.get(kw), ds0.get(kw)
+            if a is not None and b is not None and a != b and np.allclose(np.asarray(a, float), np.asarray(b, float),
+                                                                          atol=tol, rtol=0):
+                setattr(ds, kw, b)
     if len(datasets) == 1:
         spacing, order = float(ds0.get("SpacingBetweenSlices", 1.0) or 1.0), [0]  # as get_volume_from_series
     else:
-        spacing, positions = hd.spatial.get_series_volume_positions(datasets)
+        spacing, positions = hd.spatial.get_series_volume_positions(datasets, orientation_tol=1e-4)
         if spacing is None:
             raise ValueError(f"source series in {os.path.dirname(files[0])} is not a regularly spaced volume")
         order = [positions.index(i) for i in range(len(datasets))]

@@ -27,6 +27,7 @@ from .dicom_index import SeriesRecord, find_series, is_image_file
 __all__ = ["SeriesLoadError", "load_series", "load_volume", "metatensor_from_hd_volume", "read_nifti"]
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_ORIENTATION_TOL = 1e-4  # ImageOrientationPatient may differ by rounding noise between slices (grouping uses 4 dp)
 
 
 class SeriesLoadError(ValueError):
@@ -106,7 +107,8 @@ def _load_single_frame(record: SeriesRecord) -> MetaTensor:
         for ds in datasets:  # in memory only, so that highdicom accepts the patient coordinate system
             ds.FrameOfReferenceUID = synthetic
     try:
-        vol = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False)
+        vol = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False,
+                                        orientation_tol=_ORIENTATION_TOL)
     except (RuntimeError, NotImplementedError, ImportError) as e:  # pixel decoding: fall back to GDCM
         return _load_with_simpleitk(record, datasets, e)
     except ValueError as e:

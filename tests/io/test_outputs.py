@@ -185,3 +185,19 @@ def test_outputs_for_enhanced_multiframe_source(tmp_path, small_ct):
     seg = hd.seg.segread(write_segmentation(amap, vol, tmp_path / "out" / "seg.dcm", thresholds=THRESHOLDS))
     back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
     np.testing.assert_array_equal(back[0].numpy(), grade_map(amap[0].numpy(), THRESHOLDS))
+
+
+def test_orientation_rounding_noise_between_slices(tmp_path, small_ct):
+    """Slices whose ImageOrientationPatient differs by ~1e-6 (rounding) still load and get a PM."""
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path / "s", seed="iop")
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        iop = [float(v) for v in ds.ImageOrientationPatient]
+        iop[1] += 1e-6 * k
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
+        ds.save_as(f)
+    vol = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(vol[0].numpy(), hu)
+    pm = hd.imread(write_parametric_map(vol / 100.0, vol, tmp_path / "pm.dcm"))
+    assert int(pm.NumberOfFrames) == SHAPE[2]
