@@ -39,6 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     f.add_argument("--modality", default=None, help="keep only these modalities, e.g. CT or CT,MR")
     f.add_argument("--body-part", default=None, help="keep only these BodyPartExamined values, e.g. HEAD,BRAIN")
     f.add_argument("--series-description", default=None, help="keep series whose description matches this regex")
+    f.add_argument("--exclude", action="append", default=None, metavar="GLOB",
+                   help="do not score files matching this glob (path or name), e.g. '*mask*'; repeatable")
     o = p.add_argument_group("outputs and run")
     o.add_argument("--dicom-out", action="store_true", help="also write a DICOM Parametric Map + BINARY SEG")
     o.add_argument("--stow", default=None, metavar="URL",
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             args.inputs, args.out, adapters=None if str(args.adapters).lower() == "none" else args.adapters,
             backbone=args.backbone, weights=args.weights, object_name=args.object_name,
             modality=args.modality, body_part=args.body_part, series_description=args.series_description,
+            exclude=args.exclude,
             dicom_out=args.dicom_out, stow=args.stow, workers=args.workers, device=args.device,
             batch_size=args.batch_size, top_k=args.top_k, overlays=args.overlays, axis=args.axis,
             intensity=args.intensity, precision=args.precision, overwrite=args.overwrite,

@@ -31,6 +31,7 @@ when CUDA is available).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import os
@@ -124,19 +125,27 @@ def _split_list(value: Optional[str | Sequence[str]]) -> Optional[list[str]]:
 
 
 def select_series(series: Sequence[SeriesRecord], modality=None, body_part=None,
-                  series_description: Optional[str] = None) -> tuple[list[SeriesRecord], dict[str, str]]:
+                  series_description: Optional[str] = None,
+                  exclude: Optional[Sequence[str]] = None) -> tuple[list[SeriesRecord], dict[str, str]]:
     """Apply the filters; returns ``(kept, {key: why filtered})``.
 
     Args:
         modality: ``"CT"``, ``"CT,MR"`` or a list (case-insensitive, exact).
         body_part: BodyPartExamined values, as ``modality``.
         series_description: regular expression searched (case-insensitive) in SeriesDescription.
+        exclude: glob patterns (``"*mask*"``, ``"*/derived/*"``) matched against each file's path and name; a
+            series whose files all match is filtered out (e.g. label maps stored next to NIfTI images).
     """
     mods, parts = _split_list(modality), _split_list(body_part)
     rx = re.compile(series_description, re.I) if series_description else None
+    pats = [exclude] if isinstance(exclude, str) else list(exclude or [])
     kept, filtered = [], {}
     for s in series:
-        if mods and s.modality.upper() not in mods:
+        hit = next((p for p in pats if all(fnmatch.fnmatch(f, p) or fnmatch.fnmatch(os.path.basename(f), p)
+                                           for f in s.files)), None)
+        if hit:
+            filtered[s.key] = f"excluded by pattern {hit!r}"
+        elif mods and s.modality.upper() not in mods:
             filtered[s.key] = f"modality {s.modality or '(none)'!r} not in {mods}"
         elif parts and s.body_part.upper() not in parts:
             filtered[s.key] = f"body part {s.body_part or '(none)'!r} not in {parts}"
@@ -183,10 +192,10 @@ class _Plan:
     error: str = ""
 
 
-def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, overwrite,
+def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, exclude, overwrite,
                retry_failed, stow, progress) -> _Plan:
     index = find_series(inputs, progress=progress)
-    selected, filtered = select_series(index.series, modality, body_part, series_description)
+    selected, filtered = select_series(index.series, modality, body_part, series_description, exclude)
     _check_run_json(out, config, overwrite)
     mf.remove_stale_temporaries(out)
     digest = mf.config_hash(config)
@@ -224,6 +233,7 @@ def score(
     modality: Optional[str | Sequence[str]] = None,
     body_part: Optional[str | Sequence[str]] = None,
     series_description: Optional[str] = None,
+    exclude: Optional[Sequence[str]] = None,
     dicom_out: bool = False,
     stow: Optional[str] = None,
     workers: Optional[int] = None,
@@ -246,7 +256,8 @@ def score(
         out_dir: output folder (created). Rerunning the same call finishes an interrupted run.
         adapters, backbone, weights, object_name, precision: the model, as :func:`medad.load_detector`
             (``adapters="demo"``: the embedded demo model, not for clinical use).
-        modality, body_part: keep only these (``"CT"``, ``"CT,MR"``); series_description: regex to keep.
+        modality, body_part: keep only these (``"CT"``, ``"CT,MR"``); series_description: regex to keep;
+            exclude: glob patterns of files not to score (e.g. ``["*mask*"]``), see :func:`select_series`.
         dicom_out: also write a DICOM Parametric Map and a BINARY SEG per DICOM series.
         stow: DICOMweb root URL: send the PM and SEG there (implies ``dicom_out``).
         workers: decoding processes (0 = decode in the main process); default half the CPUs, at most 4.
@@ -297,7 +308,7 @@ def score(
             try:
                 lock = mf.acquire_run_lock(out)
                 plan = _make_plan(inputs, out, config, modality=modality, body_part=body_part,
-                                  series_description=series_description, overwrite=overwrite,
+                                  series_description=series_description, exclude=exclude, overwrite=overwrite,
                                   retry_failed=retry_failed, stow=stow, progress=progress)
             except (ScoreConfigError, mf.OutputBusyError, FileNotFoundError, re.error) as e:
                 plan = _Plan(SeriesIndex(), [], {}, {}, {}, [], error=f"{type(e).__name__}: {e}")

@@ -116,6 +116,9 @@ def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     s = score([export], tmp_path / "desc", detector=tiny_detector, workers=0, progress=False,
               series_description="^head ct$")
     assert s.n_selected == 1
+    s = score([export], tmp_path / "excl", detector=tiny_detector, workers=0, progress=False,
+              exclude=["*/study1/*", "C0*.dcm"])
+    assert (s.n_selected, s.n_scored, s.n_failed) == (1, 1, 0)  # only the RLE series is left
     with pytest.raises(ScoreConfigError, match="other settings"):
         score([export], out, detector=tiny_detector, workers=0, progress=False, top_k=2)
     lock = acquire_run_lock(out)  # another run is writing there
