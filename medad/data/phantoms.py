@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Lesion", "default_affine", "make_ct_phantom", "make_mr_phantom", "place_lesions"]
+from .dicom_series import write_dicom_series  # re-exported: the phantom -> DICOM series step
+
+__all__ = ["Lesion", "default_affine", "make_ct_phantom", "make_mr_phantom", "place_lesions", "write_dicom_series"]
 
 # DICOM's usual axial layout: columns run to patient left, rows run posterior (LPS index axes) -> RAS diag(-, -, +).
 _AXIAL_SIGNS = np.array([-1.0, -1.0, 1.0])
@@ -268,8 +270,3 @@ def make_mr_phantom(
     n1, n2 = rng.standard_normal((2, *shape)) * noise
     img = np.sqrt((img + n1) ** 2 + n2**2)
     return np.round(img).astype(np.float32), mask, affine
-
-
-from .dicom_series import write_dicom_series  # noqa: E402  (re-export: the phantom -> DICOM step lives with the phantoms)
-
-__all__ += ["write_dicom_series"]

@@ -109,21 +109,21 @@ def _load_single_frame(record: SeriesRecord) -> MetaTensor:
     try:
         vol = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False,
                                         orientation_tol=_ORIENTATION_TOL)
+        mt = metatensor_from_hd_volume(vol)
     except (RuntimeError, NotImplementedError, ImportError) as e:  # pixel decoding: fall back to GDCM
-        return _load_with_simpleitk(record, datasets, e)
+        mt = _load_with_simpleitk(files, datasets, e, record.key)
     except ValueError as e:
         raise SeriesLoadError(f"series {record.key} ({record.n_files} files in {where}) is not a regular volume: {e}. "
                               "Check for missing slices or mixed acquisitions (see medad.io.find_series reasons).") from e
-    mt = metatensor_from_hd_volume(vol)
     mt.meta.update(_dicom_meta(datasets[0], record, where, _sort_files_along_z(files, datasets, mt)))
     mt.meta["frame_of_reference_uid"] = frame_of_reference
     return mt
 
 
-def _load_with_simpleitk(record: SeriesRecord, datasets, cause: Exception) -> MetaTensor:
+def _load_with_simpleitk(files: list[str], datasets, cause: Exception, key: str) -> MetaTensor:
+    """Read ``files`` (sorted along the slice normal) with SimpleITK/GDCM when pydicom cannot decode them."""
     import SimpleITK as sitk
 
-    files = list(record.files)
     try:
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
@@ -131,12 +131,9 @@ def _load_with_simpleitk(record: SeriesRecord, datasets, cause: Exception) -> Me
     except Exception as e:  # noqa: BLE001
         ts = datasets[0].file_meta.get("TransferSyntaxUID", "?")
         raise SeriesLoadError(
-            f"series {record.key} in {os.path.dirname(files[0])}: cannot decode pixel data (transfer syntax {ts}; "
+            f"series {key} in {os.path.dirname(files[0])}: cannot decode pixel data (transfer syntax {ts}; "
             f"pydicom: {cause}; GDCM: {e}). Install the matching pylibjpeg plugin or convert with dcmdjpeg.") from e
-    mt = _metatensor_from_sitk(img, {})
-    mt.meta.update(_dicom_meta(datasets[0], record, os.path.dirname(files[0]),
-                               _sort_files_along_z(files, datasets, mt)))
-    return mt
+    return _metatensor_from_sitk(img, {})
 
 
 def _load_multiframe(record: SeriesRecord) -> MetaTensor:

@@ -201,3 +201,19 @@ def test_orientation_rounding_noise_between_slices(tmp_path, small_ct):
     np.testing.assert_array_equal(vol[0].numpy(), hu)
     pm = hd.imread(write_parametric_map(vol / 100.0, vol, tmp_path / "pm.dcm"))
     assert int(pm.NumberOfFrames) == SHAPE[2]
+
+
+def test_missing_frame_of_reference(tmp_path, small_ct):
+    """Anonymizers sometimes drop FrameOfReferenceUID: the volume still loads, DICOM outputs are refused clearly."""
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path / "s", seed="nofor")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    vol = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(vol[0].numpy(), hu)
+    np.testing.assert_allclose(vol.affine.numpy(), affine, atol=1e-5)
+    assert vol.meta["frame_of_reference_uid"] == ""
+    with pytest.raises(ValueError, match="no FrameOfReferenceUID"):
+        write_parametric_map(vol, vol, tmp_path / "pm.dcm")
