@@ -9,14 +9,14 @@ What the mixin adds to MONAI Label 0.8.5:
   (:class:`~medad.label.config.LabelConfig`), sharing one :class:`~medad.label.store.DetectorStore`;
 - request checks: unknown model or image ids are answered with 404 (MONAI Label would fail with a 500);
 - offline start with a DICOMweb datastore: MONAI Label downloads the dcmqi tools from GitHub at start-up to convert
-  ``final`` labels to DICOM SEG; medad writes its SEG with highdicom instead, so the download is skipped.
+  ``final`` labels to DICOM SEG; medad writes SEGs with highdicom instead (its own outputs, and submitted labels via
+  :class:`~medad.label.datastore.MedadDICOMWebDatastore`), so the download is skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from typing import Any
 
 from .compat import install_pydicom_shim
@@ -64,11 +64,19 @@ class MedadAppMixin:
     def init_trainers(self) -> dict[str, Any]:
         return {MODEL_NAME: NormalBankTrainTask(self.detector_store, self.label_config)}
 
+    def init_datastore(self):
+        """MONAI Label's datastore; a DICOMweb one is replaced by :class:`MedadDICOMWebDatastore` (same client and
+        cache) so submitted labels become DICOM SEG through highdicom, without dcmqi."""
+        from monailabel.datastore.dicom import DICOMWebDatastore
+
+        from .datastore import MedadDICOMWebDatastore
+
+        store = super().init_datastore()  # type: ignore[misc]
+        return MedadDICOMWebDatastore.like(store) if type(store) is DICOMWebDatastore else store
+
     def _download_dcmqi_tools(self) -> None:
-        if not shutil.which("itkimage2segimage") and not os.path.exists(
-                os.path.join(self.app_dir, "bin", "itkimage2segimage")):  # type: ignore[attr-defined]
-            logger.info("dcmqi (itkimage2segimage) is not installed: MONAI Label's own conversion of 'final' labels "
-                        "to DICOM SEG is unavailable; medad's infer task writes SEG/Parametric Maps with highdicom.")
+        """No download: SEGs are written with highdicom (MONAI Label would fetch dcmqi from GitHub here)."""
+        logger.debug("dcmqi download skipped: medad writes DICOM SEG with highdicom")
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Check the model and image id, remember the id (to save the continuous map under it), then infer."""

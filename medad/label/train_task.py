@@ -39,7 +39,7 @@ def _is_empty_label(path: str) -> bool:
     import SimpleITK as sitk
 
     try:
-        return not np.any(sitk.GetArrayViewFromImage(sitk.ReadImage(path)))
+        return not np.any(sitk.GetArrayFromImage(sitk.ReadImage(path)))
     except Exception:  # noqa: BLE001 - an unreadable label is not a normal study
         return False
 

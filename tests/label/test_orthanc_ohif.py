@@ -43,7 +43,7 @@ def server(tmp_path_factory, pacs, ct_series):
     tmp = tmp_path_factory.mktemp("orthanc_app")
     app = tmp / "medad_label"
     shutil.copytree(APP_SRC, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__"))
-    with live_server(app, pacs.dicomweb, TEST_CONF, tmp) as url:
+    with live_server(app, pacs.dicomweb, {**TEST_CONF, "empty_final_is_normal": "true"}, tmp) as url:
         yield url
 
 
@@ -99,6 +99,45 @@ def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, pacs, ct_
     label = sitk.ReadImage(str(out))
     assert label.GetSize() == SHAPE and label.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayFromImage(label))) <= {0, 1, 2, 3}
+
+
+def test_submitted_labels_become_seg_without_dcmqi_and_empty_ones_mark_normal(server, pacs, ct_series, tmp_path):
+    import nibabel as nib
+
+    assert shutil.which("itkimage2segimage") is None  # MONAI Label alone could not convert labels to SEG here
+    uid = ct_series["series"]
+    r = requests.get(f"{server}/datastore/image", params={"image": uid}, timeout=60)  # what a viewer loads
+    assert r.status_code == 200
+    (tmp_path / "image.nii.gz").write_bytes(r.content)
+    image = nib.load(str(tmp_path / "image.nii.gz"))
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[20:30, 20:30, 3:6] = 1
+    label[25:28, 25:28, 4] = 2
+    n_seg = series_modalities(pacs).count("SEG")
+
+    def submit(array, info):
+        nib.save(nib.Nifti1Image(array, image.affine), str(tmp_path / "label.nii.gz"))
+        with open(tmp_path / "label.nii.gz", "rb") as f:
+            return requests.put(f"{server}/datastore/label", params={"image": uid, "tag": "final"},
+                                data={"params": json.dumps({"label_info": info})},
+                                files={"label": ("label.nii.gz", f)}, timeout=120)
+
+    r = submit(label, [{"name": "lesion", "idx": 1}, {"name": "edema", "idx": 2}])  # as 3D Slicer submits
+    assert r.status_code == 200, r.text
+    assert series_modalities(pacs).count("SEG") == n_seg + 1
+    reviewed = _qido_series(pacs, Modality="SEG", SeriesNumber="903")  # medad's series number for reviewed labels
+    assert len(reviewed) == 1
+    meta = pydicom.Dataset.from_json(requests.get(
+        f"{pacs.dicomweb}/studies/{ct_series['study']}/series/{reviewed[0]['0020000E']['Value'][0]}/metadata",
+        timeout=30).json()[0])
+    assert [s.SegmentLabel for s in meta.SegmentSequence] == ["lesion", "edema"]
+    assert meta.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+
+    # the reviewer clears the segments and submits: an empty label marks the study normal (no new SEG)
+    assert submit(np.zeros(image.shape, dtype=np.uint8), []).status_code == 200
+    assert series_modalities(pacs).count("SEG") == n_seg + 1
+    r = requests.post(f"{server}/train/anomaly", params={"run_sync": "true"}, timeout=300)
+    assert r.status_code == 200 and r.json()["normal_studies"] == 1, r.text
 
 
 def _chromium(*args: str, profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
