@@ -182,3 +182,31 @@ def test_single_slice_series(tmp_path, small_ct):
     assert vol.shape == (1, SHAPE[0], SHAPE[1], 1)
     np.testing.assert_array_equal(vol[0, :, :, 0].numpy(), hu[:, :, 4])
     np.testing.assert_allclose(vol.affine.numpy()[:3, :2], affine[:3, :2], atol=1e-6)
+
+
+def test_jpeg_baseline_8bit_series(tmp_path, small_ct):
+    """Lossy JPEG baseline (decoded by pylibjpeg-libjpeg): values within JPEG error, geometry exact."""
+    import io
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    hu, _, _ = small_ct
+    img8 = np.clip((hu + 100) * 255 / 200, 0, 255).round().astype(np.float32)
+    affine = oblique_affine()
+    files = write_dicom_series(img8, affine, tmp_path, seed="jpeg", modality="MR", rescale=(1.0, 0.0))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        buf = io.BytesIO()
+        Image.fromarray(ds.pixel_array.astype(np.uint8)).save(buf, format="JPEG", quality=95)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.save_as(f, enforce_file_format=True)
+    vol = load_volume(tmp_path)
+    np.testing.assert_allclose(vol.affine.numpy(), affine, atol=1e-5)
+    err = np.abs(vol[0].numpy() - img8)
+    assert err.mean() < 2.0 and err.max() < 40, (err.mean(), err.max())
