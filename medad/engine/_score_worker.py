@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import SeriesRecord, load_series
 from . import manifest as mf
 
-__all__ = ["SeriesLoader", "StowGate", "balanced_shards", "default_batch_size", "default_workers",
+__all__ = ["SeriesLoader", "StowGate", "label_map_reason", "balanced_shards", "default_batch_size", "default_workers",
            "write_series_outputs"]
 
 log = logging.getLogger("medad.engine.score")
@@ -26,8 +26,27 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
 
 
+def label_map_reason(volume, kind: str) -> str:
+    """``"label_map: ..."`` when a NIfTI/NRRD volume holds a handful of integer labels (a mask stored next to
+    the images, e.g. ``lesion_mask.nii.gz``), else ``""``. DICOM series are never treated as label maps."""
+    if kind not in ("nifti", "itk"):
+        return ""
+    flat = volume.as_tensor().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 200_000)]
+    if not bool(torch.all(sample == sample.round())) or torch.unique(sample).numel() > 8:
+        return ""
+    values = torch.unique(flat)
+    if values.numel() > 8 or not bool(torch.all(values == values.round())):
+        return ""
+    shown = ", ".join(f"{v:g}" for v in values.tolist())
+    return f"label_map: holds only the integer values {{{shown}}}: a label/mask volume, not an image to score"
+
+
 class _SeriesDataset(Dataset):
-    """Item ``i`` -> ``(i, MetaTensor or None, error or "", seconds)``; never raises (errors are returned)."""
+    """Item ``i`` -> ``(i, MetaTensor or None, error or "", seconds)``; never raises (errors are returned).
+
+    A label map (:func:`label_map_reason`) comes back as ``(i, None, "skip:<reason>", seconds)``.
+    """
 
     def __init__(self, records: Sequence[SeriesRecord], order: Sequence[int]):
         self.records, self.order = records, list(order)
@@ -39,7 +58,11 @@ class _SeriesDataset(Dataset):
         i = self.order[j]
         t = time.perf_counter()
         try:
-            return i, load_series(self.records[i]), "", time.perf_counter() - t
+            vol = load_series(self.records[i])
+            skip = label_map_reason(vol, self.records[i].kind)
+            if skip:
+                return i, None, "skip:" + skip, time.perf_counter() - t
+            return i, vol, "", time.perf_counter() - t
         except Exception as e:  # noqa: BLE001 - reported per series
             return i, None, _one_line(e), time.perf_counter() - t
 

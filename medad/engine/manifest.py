@@ -62,9 +62,9 @@ class SeriesOutcome:
     Attributes:
         key: the :class:`medad.io.SeriesRecord` key (SeriesInstanceUID, ``#n`` for split series, a path for NIfTI).
         dir: folder name under ``OUT/series``.
-        status: ``"ok"`` or ``"failed"``.
-        stage: where it failed: ``"load"``, ``"score"``, ``"write"``, ``"stow"`` (empty when ok).
-        error: one-line reason (no patient identifiers).
+        status: ``"ok"``, ``"failed"`` or ``"skipped"`` (loaded but not something to score, e.g. a label map).
+        stage: where it failed or was skipped: ``"load"``, ``"score"``, ``"write"``, ``"stow"`` (empty when ok).
+        error: one-line reason (no patient identifiers); for ``skipped``, ``"<reason code>: <detail>"``.
         fingerprint: :func:`series_fingerprint` of the inputs + settings the record was made with.
         series: identifying fields of the source series (UIDs, modality, description, ...).
         n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
@@ -91,6 +91,10 @@ class SeriesOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def skipped(self) -> bool:
+        return self.status == "skipped"
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, indent=1)
@@ -242,7 +246,8 @@ def file_entries(index, outcomes: dict[str, SeriesOutcome], filtered: dict[str, 
     """One manifest entry per input file (in the index's walk order).
 
     Statuses: ``scored`` (its series has an ok record), ``failed`` (its series failed, or the file is damaged:
-    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, or its series was filtered out), and
+    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, its series was filtered out, or it is a
+    label map), and
     ``pending`` (its series has no record: only when a run stopped early).
 
     Args:
@@ -266,6 +271,9 @@ def file_entries(index, outcomes: dict[str, SeriesOutcome], filtered: dict[str, 
                          "rerun the same command to finish", series_key=f.series_key)
             elif o.ok:
                 e.update(status="scored", reason="", detail="", series_key=f.series_key)
+            elif o.skipped:
+                code, _, detail = o.error.partition(": ")
+                e.update(status="skipped", reason=code, detail=detail, series_key=f.series_key)
             else:
                 e.update(status="failed", reason=f"series_{o.stage or 'error'}", detail=o.error,
                          series_key=f.series_key)

@@ -41,7 +41,8 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
         n_files, filtered: counts shown in the header.
     """
     ok = sorted((o for o in outcomes if o.ok), key=lambda o: (-(o.volume_score or 0.0), o.key))
-    failed = sorted((o for o in outcomes if not o.ok), key=lambda o: o.key)
+    failed = sorted((o for o in outcomes if o.status == "failed"), key=lambda o: o.key)
+    n_skipped = sum(1 for o in outcomes if o.status == "skipped")
     top = max((o.volume_score or 0.0 for o in ok), default=1.0) or 1.0
     rows = []
     for rank, o in enumerate(ok, start=1):
@@ -68,7 +69,8 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
     body = (
         f"<!doctype html><html><head><meta charset=utf-8><title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><p class=note>Research use only: not for diagnosis.</p>"
-        f"<p>{len(ok)} series scored, {len(failed)} failed, {filtered} filtered out; {n_files} input files "
+        f"<p>{len(ok)} series scored, {len(failed)} failed, {n_skipped} skipped (label maps), {filtered} filtered "
+        f"out; {n_files} input files "
         "(see manifest.jsonl for every file, results.csv for every series).</p>"
         "<table><thead><tr><th>#</th><th>score</th><th>modality</th><th>body part</th><th>series</th><th>slices</th>"
         "<th>top slices</th><th>top-slice overlays (plain | map)</th><th>files</th></tr></thead><tbody>"

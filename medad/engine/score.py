@@ -68,7 +68,8 @@ class ScoreSummary:
         out_dir: the output folder.
         n_files: input files indexed; ``files_by_status``: count per manifest status (scored/skipped/failed/pending).
         n_series: series found; ``n_selected``: after filters; ``n_filtered``: removed by filters.
-        n_scored: series with an ok record (``n_reused`` of them from an earlier run); ``n_failed``: failed series.
+        n_scored: series with an ok record (``n_reused`` of them from an earlier run); ``n_failed``: failed series;
+            ``n_skipped``: series loaded but not scored (label maps).
         n_files_failed: damaged input files (truncated/unreadable) outside any series.
         skip_reasons: files not scored (skipped or failed), per reason code.
         failures: ``(series key, error)`` of failed series.
@@ -83,6 +84,7 @@ class ScoreSummary:
     n_scored: int = 0
     n_reused: int = 0
     n_failed: int = 0
+    n_skipped: int = 0
     n_files_failed: int = 0
     n_slices: int = 0
     files_by_status: dict[str, int] = field(default_factory=dict)
@@ -96,7 +98,8 @@ class ScoreSummary:
     @property
     def exit_code(self) -> int:
         """0 when every selected series was scored and no input file was damaged, else 1."""
-        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and self.n_scored == self.n_selected else 1
+        done = self.n_scored + self.n_skipped == self.n_selected
+        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and done else 1
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -105,7 +108,8 @@ class ScoreSummary:
     def text(self) -> str:
         """Human summary, several lines."""
         lines = [f"{self.n_files} files, {self.n_series} series ({self.n_filtered} filtered out): "
-                 f"{self.n_scored} scored ({self.n_reused} from an earlier run), {self.n_failed} failed; "
+                 f"{self.n_scored} scored ({self.n_reused} from an earlier run), {self.n_failed} failed, "
+                 f"{self.n_skipped} skipped (label maps); "
                  f"{self.n_files_failed} damaged files",
                  "files: " + ", ".join(f"{k} {v}" for k, v in sorted(self.files_by_status.items()))]
         if self.skip_reasons:
@@ -204,7 +208,7 @@ def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_d
     todo = []
     for s in selected:
         rec = None if overwrite else mf.read_record(out / "series" / dirs[s.key])
-        done = rec is not None and rec.fingerprint == fps[s.key] and (rec.ok or not retry_failed)
+        done = rec is not None and rec.fingerprint == fps[s.key] and (rec.ok or rec.skipped or not retry_failed)
         if done and stow and rec.ok and rec.outputs.get("stow", {}).get("url") != stow:
             done = False  # scored before, but not sent to this server yet
         if not done:
@@ -364,7 +368,9 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
                                     fingerprint=plan.fingerprints[record.key], series=_series_fields(record))
             t = time.perf_counter()
             result = None
-            if error:
+            if error.startswith("skip:"):
+                base.status, base.stage, base.error = "skipped", "load", error[5:]
+            elif error:
                 base.stage, base.error = "load", error
             else:
                 try:
@@ -417,10 +423,11 @@ def _merge(out: Path, plan: _Plan, n_todo: int) -> ScoreSummary:
         if e["status"] != "scored" and e.get("reason"):
             reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     ok = [o for o in outcomes.values() if o.ok]
-    failed = [o for o in outcomes.values() if not o.ok]
+    failed = [o for o in outcomes.values() if not o.ok and not o.skipped]
     return ScoreSummary(
         out_dir=out, n_files=len(entries), n_series=len(plan.index.series), n_selected=len(plan.selected),
         n_filtered=len(plan.filtered), n_scored=len(ok), n_reused=len(plan.selected) - n_todo, n_failed=len(failed),
+        n_skipped=sum(1 for o in outcomes.values() if o.skipped),
         n_files_failed=sum(1 for f in plan.index.files if f.status != "series" and f.reason in mf.FAILED_REASONS),
         n_slices=sum(o.n_slices for o in ok), files_by_status=by_status, skip_reasons=reasons,
         failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed], results_csv=results, manifest=manifest,

@@ -11,6 +11,8 @@ Layout (``EXPECTED`` lists the status and reason of every file)::
     export/study2/corrupt/C0001..5.dcm            CT series 5, RLE with garbage pixels -> failed: series_load
     export/study2/broken/cut.dcm                  truncated CT slice                 -> failed: truncated
     export/study2/broken/header_only.dcm          CT image without Pixel Data         -> skipped: no_pixel_data
+    export/nifti/flair.nii.gz                     MR volume (NIfTI)                  -> scored
+    export/nifti/flair_mask.nii.gz                its lesion mask                    -> skipped: label_map
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -96,6 +99,11 @@ def make_messy_export(root: Path) -> Path:
     del ds.PixelData
     ds.save_as(broken / "header_only.dcm", enforce_file_format=True)
     shutil.rmtree(root / "scratch")
+
+    mr2, mask2, aff8 = make_mr_phantom(8, (40, 36, 6), n_lesions=1, spacing=(5.0, 5.0, 8.0))
+    (export / "nifti").mkdir()
+    nib.save(nib.Nifti1Image(mr2.astype(np.int16), aff8), export / "nifti/flair.nii.gz")
+    nib.save(nib.Nifti1Image(mask2, aff8), export / "nifti/flair_mask.nii.gz")
     return export
 
 
@@ -111,7 +119,12 @@ EXPECTED = {
     "study2/corrupt/": ("failed", "series_load"),
     "study2/broken/cut.dcm": ("failed", "truncated"),
     "study2/broken/header_only.dcm": ("skipped", "no_pixel_data"),
+    "nifti/flair.nii.gz": ("scored", ""),
+    "nifti/flair_mask.nii.gz": ("skipped", "label_map"),
 }
+
+N_FILES = 39
+N_SERIES = 7      # 5 scored, 1 failed (corrupt pixels), 1 skipped (label map)
 
 
 def expected_for(rel: str) -> tuple[str, str]:

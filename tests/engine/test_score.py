@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from score_export import expected_for, make_messy_export
+from score_export import N_FILES, N_SERIES, expected_for, make_messy_export
 
 from medad.engine.manifest import acquire_run_lock, release_run_lock
 from medad.engine.score import ScoreConfigError, score
@@ -48,18 +48,20 @@ def test_every_file_accounted_for_with_the_right_status(export, scored):
         assert (e["status"], e["reason"]) == (status, reason), rel
         if status == "scored":
             assert (out / e["output_dir"] / "record.json").is_file()
-    assert summary.n_files == len(on_disk) == 37
-    assert summary.files_by_status == {"scored": 26, "skipped": 5, "failed": 6}
+    assert summary.n_files == len(on_disk) == N_FILES
+    assert summary.files_by_status == {"scored": 27, "skipped": 6, "failed": 6}
     assert summary.skip_reasons["truncated"] == 1 and summary.skip_reasons["localizer"] == 2
 
 
 def test_results_for_the_good_series_and_failures_reported(export, scored):
     out, summary = scored
     rows = _results(out)
-    assert len(rows) == 5
+    assert len(rows) == N_SERIES
     by_desc = {r["series_description"]: r for r in rows}
     assert {d: r["status"] for d, r in by_desc.items()} == {
-        "Head CT": "ok", "Head CT thin": "ok", "FLAIR": "ok", "Head CT RLE": "ok", "Corrupt pixels": "failed"}
+        "Head CT": "ok", "Head CT thin": "ok", "FLAIR": "ok", "Head CT RLE": "ok", "Corrupt pixels": "failed",
+        "flair.nii.gz": "ok", "flair_mask.nii.gz": "skipped"}
+    assert by_desc["flair_mask.nii.gz"]["error"].startswith("label_map: holds only the integer values {0, 1}")
     assert "SeriesLoadError" in by_desc["Corrupt pixels"]["error"] and by_desc["Corrupt pixels"]["volume_score"] == ""
     assert by_desc["FLAIR"]["modality"] == "MR"
     for r in rows:
@@ -77,7 +79,7 @@ def test_results_for_the_good_series_and_failures_reported(export, scored):
         assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
         assert sorted(p.name for p in sdir.glob("top*.png")) == sorted(
             f"top{i}_slice{k:04d}.png" for i, k in enumerate(tops[:3], start=1))
-    assert summary.n_scored == 4 and summary.n_failed == 1 and summary.n_files_failed == 1
+    assert (summary.n_scored, summary.n_failed, summary.n_skipped, summary.n_files_failed) == (5, 1, 1, 1)
     assert summary.exit_code == 1
     assert [k for k, _ in summary.failures] == [by_desc["Corrupt pixels"]["series_key"]]
 
@@ -91,7 +93,7 @@ def test_no_patient_identifiers_in_tables_and_report(scored):
     rows = [r for r in _results(out) if r["status"] == "ok"]
     best = max(rows, key=lambda r: float(r["volume_score"]))
     assert html.index(best["series_key"]) < min(html.index(r["series_key"]) for r in rows if r is not best)
-    assert html.count("<img ") == 12 and "Failed series" in html
+    assert html.count("<img ") == 15 and "Failed series" in html
 
 
 def test_rerun_reuses_done_series_and_changes_nothing(export, scored, tiny_detector):
@@ -99,7 +101,7 @@ def test_rerun_reuses_done_series_and_changes_nothing(export, scored, tiny_detec
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent.name != "out"}
     tables = {n: (out / n).read_bytes() for n in ("results.csv", "manifest.jsonl")}
     summary = score([export], out, detector=tiny_detector, workers=0, progress=False, retry_failed=False)
-    assert summary.n_reused == 5 and summary.n_scored == 4
+    assert summary.n_reused == 7 and summary.n_scored == 5
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before  # no series output rewritten
     assert {n: (out / n).read_bytes() for n in tables} == tables
@@ -108,16 +110,16 @@ def test_rerun_reuses_done_series_and_changes_nothing(export, scored, tiny_detec
 def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     out = tmp_path / "mr"
     s = score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr")
-    assert (s.n_selected, s.n_scored, s.n_filtered, s.exit_code) == (1, 1, 4, 1)  # exit 1: the truncated file
+    assert (s.n_selected, s.n_scored, s.n_filtered, s.exit_code) == (1, 1, 6, 1)  # exit 1: the truncated file
     rows = _results(out)
-    assert sorted(r["status"] for r in rows) == ["filtered"] * 4 + ["ok"]
+    assert sorted(r["status"] for r in rows) == ["filtered"] * 6 + ["ok"]
     filtered = [e for e in _manifest(out) if e["reason"] == "filtered"]
-    assert len(filtered) == 8 + 6 + 6 + 5 and all("modality" in e["detail"] for e in filtered)
+    assert len(filtered) == 8 + 6 + 6 + 5 + 1 + 1 and all("modality" in e["detail"] for e in filtered)
     s = score([export], tmp_path / "desc", detector=tiny_detector, workers=0, progress=False,
               series_description="^head ct$")
     assert s.n_selected == 1
     s = score([export], tmp_path / "excl", detector=tiny_detector, workers=0, progress=False,
-              exclude=["*/study1/*", "C0*.dcm"])
+              exclude=["*/study1/*", "C0*.dcm", "*/nifti/*"])
     assert (s.n_selected, s.n_scored, s.n_failed) == (1, 1, 0)  # only the RLE series is left
     with pytest.raises(ScoreConfigError, match="other settings"):
         score([export], out, detector=tiny_detector, workers=0, progress=False, top_k=2)
