@@ -55,7 +55,8 @@ def augment_support(
     """
     if images.ndim != 4:
         raise ValueError(f"augment_support expects images [N,C,H,W], got shape {tuple(images.shape)}")
-    if masks is not None and (masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]):
+    if masks is not None and (masks.ndim != 4 or masks.shape[0] != images.shape[0]
+                              or masks.shape[-2:] != images.shape[-2:]):
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}; expected [N,1,H,W]")
     thetas = [_rotation(a) for a in ROTATIONS] + [_translation(a, b) for a, b in TRANSLATIONS]
     out_i = [images] + [affine(images, t) for t in thetas] + [images.flip(-1), images.flip(-2)]

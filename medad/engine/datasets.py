@@ -249,7 +249,7 @@ def _dataset_name(root: Path) -> str:
 
 
 def default_object_name(name: str) -> str:
-    """Prompt object name for a dataset name (``Brain_AD``/``BrainMRI`` -> ``Brain``); unknown names map to themselves."""
+    """Prompt object name for a dataset name (``Brain_AD``/``BrainMRI`` -> ``Brain``); unknown names: themselves."""
     key = name.lower()
     key = key[:-3] if key.endswith("_ad") else key
     return OBJECT_NAMES.get(key, name[:-3] if name.endswith("_AD") else name)

@@ -97,7 +97,8 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
                 pixel.update(res.anomaly_maps, masks)
                 pixel_text.update(res.level_maps.sum(1), masks)
         scores_t, labels_t = torch.cat(scores), torch.cat(labels)
-        out = {"n_images": len(samples), "n_normal": int((labels_t == 0).sum()), "n_abnormal": int((labels_t == 1).sum()),
+        out = {"n_images": len(samples), "n_normal": int((labels_t == 0).sum()),
+               "n_abnormal": int((labels_t == 1).sum()),
                "normalization": normalization, "image_score_rule": det.image_score_rule,
                "memory_bank": det.memory_bank is not None}
         out.update(image_metrics(scores_t, labels_t))

@@ -113,6 +113,7 @@ class MVFALoss(nn.Module):
                     t = text if text.ndim == 2 else text.index_select(0, idx.to(text.device))
                     # weight by the fraction of the batch with masks so the loss is a per-sample mean
                     frac = float(sel.sum()) / labels.shape[0]
-                    seg = frac * self.seg_loss(seg_tokens.index_select(1, idx), t, masks.index_select(0, idx.to(masks.device)))
+                    m = masks.index_select(0, idx.to(masks.device))
+                    seg = frac * self.seg_loss(seg_tokens.index_select(1, idx), t, m)
             loss = self.seg_weight * seg + self.det_weight * det
         return {"loss": loss, "seg": seg.detach(), "det": det.detach()}

@@ -294,7 +294,8 @@ def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, c
     selectors = [s for s in selectors if s.usable]
     history, best, best_epoch, best_state = [], -math.inf, None, None
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc="training adapters", disable=not (config.progress and info.main))
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc="training adapters",
+               disable=not (config.progress and info.main))
     for epoch in range(config.epochs):
         model.train()
         t0, sums, n_seen = time.time(), {"loss": 0.0, "seg": 0.0, "det": 0.0}, 0

@@ -12,7 +12,7 @@ from PIL import Image
 
 import medad
 from medad.engine.losses import MVFALoss
-from medad.engine.train import (PROTOCOL_LABELS, FeatureSet, Selector, TrainConfig, features_from_tensors,
+from medad.engine.train import (PROTOCOL_LABELS, Selector, TrainConfig, features_from_tensors,
                                 fit_adapters, reset_adapters)
 
 sys.path.insert(0, str(Path(__file__).parent))
