@@ -47,7 +47,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="send PM + SEG to this DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web); implies "
                         "--dicom-out")
     o.add_argument("--workers", type=int, default=None, help="decoding processes (default: half the CPUs, <= 4)")
-    o.add_argument("--overwrite", action="store_true", help="rescore everything in --out, even with other settings")
+    o.add_argument("--overwrite", action="store_true", help="accept an --out folder made with other settings (model, axis, top-k, --dicom-out...) and rescore it")
     o.add_argument("--keep-failed", action="store_true", help="do not retry series that failed in an earlier run")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p

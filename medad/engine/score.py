@@ -198,16 +198,16 @@ class _Plan:
 
 def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, exclude, overwrite,
                retry_failed, stow, progress) -> _Plan:
+    _check_run_json(out, config, overwrite)  # before indexing: a big export takes a while to index
+    mf.remove_stale_temporaries(out)
     index = find_series(inputs, progress=progress)
     selected, filtered = select_series(index.series, modality, body_part, series_description, exclude)
-    _check_run_json(out, config, overwrite)
-    mf.remove_stale_temporaries(out)
     digest = mf.config_hash(config)
     dirs = {s.key: mf.series_dir_name(s.key, s.modality, s.series_number) for s in index.series}
     fps = {s.key: mf.series_fingerprint(s.files, digest) for s in selected}
     todo = []
     for s in selected:
-        rec = None if overwrite else mf.read_record(out / "series" / dirs[s.key])
+        rec = mf.read_record(out / "series" / dirs[s.key])  # records of other settings have another fingerprint
         done = rec is not None and rec.fingerprint == fps[s.key] and (rec.ok or rec.skipped or not retry_failed)
         if done and stow and rec.ok and rec.outputs.get("stow", {}).get("url") != stow:
             done = False  # scored before, but not sent to this server yet
@@ -269,7 +269,8 @@ def score(
         batch_size: slices per model call; default sized to the device.
         top_k: slices in ``top_slices`` and in the volume score; overlays: how many of them get a PNG.
         axis, intensity: slicing axis and intensity rule of :class:`medad.engine.volume.VolumeRunner`.
-        overwrite: ignore earlier records and settings in ``out_dir`` and rescore everything.
+        overwrite: accept an ``out_dir`` made with other settings (its series are then all rescored, since their
+            records do not match the new settings; rerunning with ``overwrite`` after an interruption still resumes).
         retry_failed: rescore series whose earlier record is ``failed`` (default); False keeps them failed.
         progress: tqdm bars for indexing and for series.
         detector: an already built detector (then ``adapters``/``backbone``/... are ignored).

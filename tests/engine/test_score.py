@@ -122,7 +122,12 @@ def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
               exclude=["*/study1/*", "C0*.dcm", "*/nifti/*"])
     assert (s.n_selected, s.n_scored, s.n_failed) == (1, 1, 0)  # only the RLE series is left
     with pytest.raises(ScoreConfigError, match="other settings"):
-        score([export], out, detector=tiny_detector, workers=0, progress=False, top_k=2)
+        score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr", top_k=2)
+    for reused in (0, 1):  # --overwrite rescores with the new settings; the same command again resumes
+        s = score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr", top_k=2,
+                  overwrite=True)
+        assert (s.n_scored, s.n_reused) == (1, reused)
+    assert [len(r["top_slices"].split()) for r in _results(out) if r["status"] == "ok"] == [2]
     lock = acquire_run_lock(out)  # another run is writing there
     with pytest.raises(ScoreConfigError, match="another medad score run"):
         score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr")
