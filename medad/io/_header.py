@@ -14,7 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-__all__ = ["is_localizer", "read_header"]
+__all__ = ["dcmread_any", "is_localizer", "read_header"]
 
 _LOCALIZER_RE = re.compile(r"\b(localizer|localiser|scout|survey|topogram|3[- ]?plane|tri[- ]?pilot)\b", re.I)
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -92,12 +92,40 @@ def _is_image_sop(sop: str, ds) -> bool:
     return "Rows" in ds and "Columns" in ds  # private/unknown SOP class: trust the image attributes
 
 
+def _raw_dicom_start(fp) -> bool:
+    """True when a file without the Part-10 preamble starts like a bare DICOM data set (group 0002 or 0008 tag)."""
+    fp.seek(0)
+    head = fp.read(4)
+    fp.seek(0)
+    return len(head) == 4 and struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008)
+
+
+def dcmread_any(path, **kwargs):
+    """``pydicom.dcmread`` that also accepts bare data sets without preamble (old ACR-NEMA style PACS exports) and
+    fills in a missing TransferSyntaxUID from the detected encoding so pixel data can be decoded."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path, force=True, **kwargs)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
+
+
 def read_header(path: str):
     """Return ``(dataset, None)`` or ``(None, (reason, detail))``; never raises for bad files."""
     size = os.path.getsize(path)
     try:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError:
+                if not _raw_dicom_start(fp):
+                    raise
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                if "SOPClassUID" not in ds:
+                    raise
             meta = getattr(ds, "file_meta", None) or {}
             meta_sop = str(meta.get("MediaStorageSOPClassUID", ""))
             if meta_sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
@@ -121,7 +149,6 @@ def read_header(path: str):
     if bad:
         return None, bad
     return ds, None
-
 
 
 def is_localizer(ds) -> bool:

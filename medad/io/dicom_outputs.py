@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
+from ._header import dcmread_any
 
 __all__ = ["DEFAULT_SEGMENT_LABELS", "DEFAULT_THRESHOLDS", "grade_map", "write_parametric_map", "write_segmentation"]
 
@@ -71,13 +72,12 @@ def _source_paths(source_files) -> list[str]:
 def _read_sources(source_files):
     """Headers of the source instances and the highdicom geometry of the source volume."""
     import highdicom as hd
-    import pydicom
 
     files = _source_paths(source_files)
     if not files:
         raise ValueError("source_files is empty: pass the DICOM files of the series the map was computed on "
                          "(volume.meta['source_files'])")
-    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    datasets = [dcmread_any(f, stop_before_pixels=True) for f in files]
     if not all(ds.get("FrameOfReferenceUID") for ds in datasets):
         raise ValueError(f"source series in {os.path.dirname(files[0])} has no FrameOfReferenceUID, so a DICOM "
                          "Parametric Map/SEG cannot be aligned to it; write the map as NIfTI instead (save_nifti)")

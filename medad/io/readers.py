@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from ._header import dcmread_any
 from .dicom_index import SeriesRecord, find_series, is_image_file
 
 __all__ = ["SeriesLoadError", "load_series", "load_volume", "metatensor_from_hd_volume", "read_nifti"]
@@ -90,12 +91,11 @@ def _sort_files_along_z(files: list[str], datasets, mt: MetaTensor) -> list[str]
 
 def _load_single_frame(record: SeriesRecord) -> MetaTensor:
     import highdicom as hd
-    import pydicom
 
     files = list(record.files)
     where = os.path.dirname(files[0])
     try:
-        datasets = [pydicom.dcmread(f) for f in files]
+        datasets = [dcmread_any(f) for f in files]
     except Exception as e:  # noqa: BLE001
         raise SeriesLoadError(f"series {record.key} in {where}: cannot read a file ({type(e).__name__}: {e})") from e
     frame_of_reference = str(datasets[0].get("FrameOfReferenceUID", ""))

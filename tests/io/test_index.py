@@ -217,3 +217,21 @@ def test_cuts_anywhere_are_truncated(tmp_path, small_ct):
         (tmp_path / f"cut{c}.dcm").write_bytes(data[:c])
     index = find_series(tmp_path, recursive=False)
     assert [f.reason for f in index.files] == ["truncated"] * len(cuts), [(f.path, f.detail) for f in index.files]
+
+
+def test_files_without_preamble_are_read(tmp_path, small_ct):
+    """Old PACS exports write bare data sets (no 128-byte preamble, no 'DICM', no file meta)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    hu, _, affine = small_ct
+    files = write_dicom_series(hu, affine, tmp_path, seed="bare")
+    for f in files:
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, False
+        write_dataset(buf, Dataset(pydicom.dcmread(f)))
+        f.write_bytes(buf.getvalue())
+    assert files[0].read_bytes()[:2] == b"\x08\x00"
+    index = find_series(tmp_path)
+    assert [s.n_files for s in index.series] == [SHAPE_Z]
+    np.testing.assert_array_equal(load_series(index.series[0])[0].numpy(), hu)
