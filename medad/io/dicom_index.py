@@ -4,24 +4,35 @@ Every input file ends up in exactly one :class:`FileRecord`: ``status="series"``
 ``series_key``) or ``status="skipped"`` with a stable ``reason`` code and a human ``detail``. Reason codes:
 
 ==========================  ====================================================================================
-``not_dicom``               not a DICOM Part-10 file (no ``DICM`` preamble) and not a NIfTI/NRRD/MHA image
+``not_dicom``               not DICOM (neither Part-10 nor a bare data set) and not a NIfTI/NRRD/MHA image
 ``dicomdir``                a DICOMDIR index file
 ``non_image``               a non-image SOP class (SR, PR, SEG, KO, RTSTRUCT, Parametric Map, PDF, ...)
-``localizer``               a localizer/scout/survey image
+``localizer``               a localizer/scout/survey image (ImageType LOCALIZER or such a SeriesDescription)
 ``no_pixel_data``           an image SOP class without Pixel Data
-``truncated``               the file ends before its Pixel Data (or header) does
+``truncated``               the file is cut short: inside its file meta, header or Pixel Data (damaged data)
 ``no_geometry``             no ImagePositionPatient/ImageOrientationPatient/PixelSpacing (e.g. a 2D projection)
 ``unsupported``             a multi-frame object without functional-group geometry, colour data, ...
 ``duplicate_instance``      a second copy of a SOPInstanceUID already indexed
-``duplicate_positions``     several slices at one position that no tag (acquisition, echo, phase) separates
+``duplicate_positions``     several slices at one position that no tag (acquisition, echo, phase, b-value)
+                            separates (4D data or merged series)
 ``irregular_spacing``       missing slices / uneven slice spacing (a gappy series)
 ``gantry_tilt``             slices not stacked perpendicular to the image plane
-``unreadable``              any other read error (the exception is in ``detail``)
+``unreadable``              any other read error (the exception is in ``detail``; damaged data)
 ==========================  ====================================================================================
 
-Single-frame files are grouped by (StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID, orientation, size), and
-a group is split further by AcquisitionNumber, EchoNumbers or TemporalPositionIdentifier only when it holds several
-slices at one position. Enhanced/legacy-converted multi-frame objects are one record per file.
+Single-frame files are grouped by (StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID, orientation, size,
+pixel spacing), and a group is split further by AcquisitionNumber, EchoNumbers, TemporalPositionIdentifier,
+TriggerTime, DiffusionBValue or ImageType only when it holds several slices at one position. Slices are sorted by
+position along the slice normal (InstanceNumber is ignored); spacing must be regular within 1 %. Enhanced and
+legacy-converted multi-frame objects are one record per file (their geometry is checked when loading).
+
+Example::
+
+    index = find_series(["/data/pacs_export"])
+    for rec in index.series:                      # loadable volumes
+        vol = load_series(rec)                    # MetaTensor [1, X, Y, Z]
+    for f in index.skipped:                       # everything else, with a reason
+        print(f.path, f.reason, f.detail)
 """
 
 from __future__ import annotations
