@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## Score the bundled sample data (a CT DICOM series and an MR NIfTI) with the embedded demo model.
 demo: $(STAMP)
-	$(VENV)/bin/medad score sample_data/ct_head_phantom/dicom sample_data/mr_flair_phantom/image.nii.gz --out $(OUT)
+	$(VENV)/bin/medad score sample_data --out $(OUT)
 	@echo "results: $(OUT)/results.csv  report: $(OUT)/report.html"
 
 ## Optional system packages for the integration tests (Orthanc PACS, Chromium); tests skip what is missing.

@@ -52,9 +52,6 @@ class MemoryBank:
         bank = self.seg if branch == "seg" else self.det
         if bank.shape[0] != tokens.shape[0]:
             raise ValueError(f"memory bank has {bank.shape[0]} levels, tokens have {tokens.shape[0]}")
-        total = None
-        for level in range(tokens.shape[0]):
-            d = bank_distance(tokens[level], bank[level])  # [B, P]
-            up = upsample_patch_map(d.unsqueeze(-1), size)[..., 0, :, :]
-            total = up if total is None else total + up
-        return total
+        # bilinear upsampling is linear: upsampling the level sum equals summing the upsampled levels
+        total = sum(bank_distance(tokens[level], bank[level]) for level in range(tokens.shape[0]))  # [B, P]
+        return upsample_patch_map(total.unsqueeze(-1), size)[..., 0, :, :]

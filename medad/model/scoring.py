@@ -46,8 +46,14 @@ def pixel_logits(tokens: torch.Tensor, text: torch.Tensor, size: tuple[int, int]
 
 
 def level_maps(tokens: torch.Tensor, text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Abnormal probability maps ``[..., N, D] -> [..., H, W]`` (softmax of the upsampled logits)."""
-    return pixel_logits(tokens, text, size).softmax(dim=-3)[..., 1, :, :]
+    """Abnormal probability maps ``[..., N, D] -> [..., H, W]`` (softmax of the upsampled logits).
+
+    Computed as ``sigmoid(upsample(logit_abnormal - logit_normal))``: bilinear upsampling is linear, so this equals
+    the 2-class softmax of the upsampled logits while upsampling one channel instead of two.
+    """
+    logits = patch_logits(tokens, text)
+    gap = (logits[..., 1] - logits[..., 0]).unsqueeze(-1)
+    return torch.sigmoid(upsample_patch_map(gap, size)[..., 0, :, :])
 
 
 def patch_probs(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -107,3 +107,18 @@ def test_bf16_runs_and_stays_close_to_fp32(tiny_detector):
 def test_bad_input_shape_is_explained(tiny_detector):
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tiny_detector.predict(torch.rand(2, 240, 240))
+
+
+def test_fast_map_paths_equal_the_spec_formulas():
+    from medad.model.memory_bank import MemoryBank
+    from medad.model.scoring import pixel_logits, upsample_patch_map
+
+    g = torch.Generator().manual_seed(9)
+    text = torch.nn.functional.normalize(torch.randn(8, 2, generator=g), dim=0)
+    tokens = torch.randn(4, 3, 1 + 25, 8, generator=g)  # [L, B, N, D], 5x5 grid
+    spec = pixel_logits(tokens, text, (37, 41)).softmax(dim=-3)[..., 1, :, :]  # softmax of upsampled logits
+    torch.testing.assert_close(level_maps(tokens, text, (37, 41)), spec, atol=1e-5, rtol=0)
+    bank = MemoryBank.from_tokens(torch.randn(4, 2, 26, 8, generator=g), torch.randn(4, 2, 26, 8, generator=g))
+    per_level = sum(upsample_patch_map(bank_distance(tokens[l], bank.seg[l]).unsqueeze(-1), (37, 41))[..., 0, :, :]
+                    for l in range(4))
+    torch.testing.assert_close(bank.maps(tokens, "seg", (37, 41)), per_level, atol=1e-5, rtol=0)
