@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..io import SeriesRecord, load_series
 from . import manifest as mf
 
-__all__ = ["SeriesLoader", "StowGate", "label_map_reason", "balanced_shards", "default_batch_size", "default_workers",
+__all__ = ["SeriesLoader", "StowGate", "label_map_reason", "run_with_backoff", "balanced_shards", "default_batch_size", "default_workers",
            "write_series_outputs"]
 
 log = logging.getLogger("medad.engine.score")
@@ -120,6 +120,21 @@ class SeriesLoader:
                     remaining = remaining[1:]
                     yield (self.records[suspect], None,
                            f"WorkerCrash: the decoding process died twice on this series ({str(e)[:200]})", 0.0)
+
+
+def run_with_backoff(runner, volume):
+    """``runner.run(volume)``; on a CUDA out-of-memory error halve ``runner.batch_size`` and try again (the smaller
+    batch is kept for the next series). Re-raises when a batch of 1 does not fit."""
+    while True:
+        try:
+            return runner.run(volume)
+        except torch.cuda.OutOfMemoryError:
+            if runner.batch_size <= 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            runner.batch_size = max(1, runner.batch_size // 2)
+            log.warning("out of GPU memory: slice batch reduced to %d", runner.batch_size)
 
 
 def balanced_shards(records: Sequence[SeriesRecord], n: int) -> list[list[SeriesRecord]]:

@@ -48,7 +48,7 @@ import torch
 from .. import __version__
 from ..io import SeriesIndex, SeriesRecord, find_series
 from . import manifest as mf
-from ._score_worker import SeriesLoader, balanced_shards, default_batch_size, default_workers
+from ._score_worker import SeriesLoader, balanced_shards, default_batch_size, default_workers, run_with_backoff
 from .report import write_report
 
 __all__ = ["ScoreSummary", "ScoreConfigError", "score", "select_series"]
@@ -375,7 +375,7 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
                 base.stage, base.error = "load", error
             else:
                 try:
-                    result = runner.run(volume)
+                    result = run_with_backoff(runner, volume)
                 except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
                     base.stage, base.error = "score", f"{type(e).__name__}: {_one_line(e)}"
                     log.warning("series %s failed while scoring: %s", record.key, base.error)
