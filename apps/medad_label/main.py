@@ -9,12 +9,13 @@ or with MONAI Label's own command::
 Options (``--conf key value``): see :mod:`medad.label.config` and ``docs/monailabel.md``.
 """
 
-import medad.label.app  # noqa: F401  (installs the pydicom-3 shim before monailabel.interfaces.app is imported)
-from lib.infers import AnomalyInfer
-from lib.trainers import NormalBank
+# medad.label.app first: it installs the pydicom-3 shim that monailabel.interfaces.app needs.
 from medad.label.app import MedadAppMixin
 from medad.label.config import MODEL_NAME
 from monailabel.interfaces.app import MONAILabelApp
+
+from lib.infers import AnomalyInfer
+from lib.trainers import NormalBank
 
 
 class MedadApp(MedadAppMixin, MONAILabelApp):

@@ -28,13 +28,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from .config import LABELS, LabelConfig, parse_thresholds, ConfigError
+from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
 from .errors import BadRequest, NotFound
 from .store import DetectorStore
-
-from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402  (after the shim, see medad.label.app)
-from monailabel.tasks.infer.basic_infer import BasicInferTask  # noqa: E402
 
 __all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "quantize", "reference_geometry", "to_reference_grid"]
 

@@ -23,12 +23,11 @@ import time
 from typing import Any
 
 import numpy as np
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.train import TrainTask
 
 from .config import LabelConfig
 from .store import DetectorStore, merge_banks
-
-from monailabel.interfaces.datastore import Datastore, DefaultLabelTag  # noqa: E402
-from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
 __all__ = ["NormalBankTrainTask", "normal_images"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -72,7 +73,7 @@ def write_phantom_nifti(path: Path, seed: int, n_lesions: int = 2, shape=(48, 40
 # ------------------------------------------------------------------------------------------------------ client
 def configure_monailabel(app_dir: Path, studies: str, conf: dict, tmp: Path) -> None:
     """Point MONAI Label's settings (and the environment ``app_instance()`` re-reads) at this app and datastore."""
-    import medad.label.asgi  # noqa: F401  (shim + handlers)
+    importlib.import_module("medad.label.asgi")  # shim + 4xx handlers before monailabel is configured
     from monailabel.config import settings
     from monailabel.interfaces.utils.app import clear_cache
 

@@ -61,7 +61,7 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
                              files={"label": ("case_n.nii.gz", f)}, timeout=60)
         assert r.status_code == 200, r.text
         assert requests.post(f"{url}/train/anomaly", timeout=60).json()["status"] == "SUBMITTED"
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while (task := requests.get(f"{url}/train/", timeout=30).json())["status"] in ("SUBMITTED", "RUNNING"):
             assert time.monotonic() < deadline, task
             time.sleep(1)
@@ -71,6 +71,12 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
     finally:
         stop_pid(proc, timeout=20)
         log.close()
+        print((tmp_path / "server.log").read_text(errors="replace")[-4000:])  # shown by pytest on failure
     assert proc.returncode is not None
-    with socket.socket() as s:  # the port is released
-        assert s.connect_ex(("127.0.0.1", port)) != 0
+    deadline = time.monotonic() + 10
+    while True:  # the port is released
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        assert time.monotonic() < deadline, f"port {port} still accepts connections after the server stopped"
+        time.sleep(0.5)
