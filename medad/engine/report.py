@@ -21,7 +21,8 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;
 vertical-align:top;font-size:13px}th{background:#f3f3f3;position:sticky;top:0}
-td.score{font-weight:600;font-variant-numeric:tabular-nums}img{height:96px;margin-right:4px;image-rendering:pixelated}
+td.score{font-weight:600;font-variant-numeric:tabular-nums}td.thumbs{white-space:nowrap}
+img{height:72px;margin-right:4px;image-rendering:pixelated}svg.spark{display:block;margin-top:4px}
 .uid{font-family:monospace;font-size:11px;color:#555}.bar{background:#e74c3c;height:6px}
 .note{color:#a00;font-weight:600}
 """
@@ -29,6 +30,25 @@ td.score{font-weight:600;font-variant-numeric:tabular-nums}img{height:96px;margi
 
 def _e(v) -> str:
     return html.escape("" if v is None else str(v))
+
+
+def _sparkline(scores: Sequence[float], top: Sequence[int], width: int = 120, height: int = 28) -> str:
+    """Inline SVG of the per-slice scores (slice index left to right), top slices marked."""
+    if not scores:
+        return ""
+    lo, hi = min(scores), max(scores)
+    span = (hi - lo) or 1.0
+    n = len(scores)
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return (width * (i + 0.5) / n, height - 2 - (height - 4) * (v - lo) / span)
+
+    pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in enumerate(scores)))
+    dots = "".join(f'<circle cx="{xy(k, scores[k])[0]:.1f}" cy="{xy(k, scores[k])[1]:.1f}" r="2" fill="#e74c3c"/>'
+                   for k in top if 0 <= k < n)
+    return (f'<svg class=spark width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+            f'<title>slice scores {lo:.3f}..{hi:.3f}</title><polyline points="{pts}" fill="none" stroke="#555" '
+            f'stroke-width="1"/>{dots}</svg>')
 
 
 def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 0, filtered: int = 0,
@@ -43,7 +63,6 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
     ok = sorted((o for o in outcomes if o.ok), key=lambda o: (-(o.volume_score or 0.0), o.key))
     failed = sorted((o for o in outcomes if o.status == "failed"), key=lambda o: o.key)
     n_skipped = sum(1 for o in outcomes if o.status == "skipped")
-    top = max((o.volume_score or 0.0 for o in ok), default=1.0) or 1.0
     rows = []
     for rank, o in enumerate(ok, start=1):
         s = o.series
@@ -55,13 +74,15 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
         for name in ("pm", "seg"):
             if o.outputs.get(name):
                 links += f' <a href="{_e(o.outputs[name])}">{name.upper()}</a>'
-        width = max(2, int(100 * (o.volume_score or 0.0) / top))
+        width = max(2, min(100, int(100 * (o.volume_score or 0.0))))  # scores are in [0, 1]
+        ident = (f"study {_e(s.get('study_uid'))}<br>series {_e(o.key)}" if s.get("study_uid")
+                 else f"file {_e(o.key)}")
         rows.append(
             f"<tr><td>{rank}</td><td class=score>{(o.volume_score or 0.0):.4f}<div class=bar style='width:{width}%'>"
             f"</div></td><td>{_e(s.get('modality'))}</td><td>{_e(s.get('body_part'))}</td>"
-            f"<td>{_e(s.get('series_number'))} {_e(s.get('series_description'))}<div class=uid>study "
-            f"{_e(s.get('study_uid'))}<br>series {_e(o.key)}</div></td><td>{o.n_slices}</td>"
-            f"<td>{_e(' '.join(map(str, o.top_slices)))}</td><td>{thumbs}</td><td>{links}</td></tr>")
+            f"<td>{_e(s.get('series_number'))} {_e(s.get('series_description'))}<div class=uid>{ident}</div></td>"
+            f"<td>{o.n_slices}</td><td>{_e(' '.join(map(str, o.top_slices)))}"
+            f"{_sparkline(o.slice_scores, o.top_slices)}</td><td class=thumbs>{thumbs}</td><td>{links}</td></tr>")
     fails = "".join(
         f"<tr><td class=uid>{_e(o.key)}</td><td>{_e(o.series.get('modality'))}</td>"
         f"<td>{_e(o.series.get('series_description'))}</td><td>{_e(o.stage)}</td><td>{_e(o.error)}</td></tr>"
@@ -73,7 +94,7 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
         f"out; {n_files} input files "
         "(see manifest.jsonl for every file, results.csv for every series).</p>"
         "<table><thead><tr><th>#</th><th>score</th><th>modality</th><th>body part</th><th>series</th><th>slices</th>"
-        "<th>top slices</th><th>top-slice overlays (plain | map)</th><th>files</th></tr></thead><tbody>"
+        "<th>top slices, slice scores</th><th>top-slice overlays (plain | map)</th><th>files</th></tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
         + (("<h2>Failed series</h2><table><thead><tr><th>series</th><th>modality</th><th>description</th>"
             "<th>stage</th><th>reason</th></tr></thead><tbody>" + fails + "</tbody></table>") if failed else "")
