@@ -10,7 +10,7 @@ What it does on top of ``monailabel start_server``:
 
 Examples::
 
-    medad label --studies sample_data/mr --adapters demo                       # NIfTI folder, http://127.0.0.1:8000
+    medad label --studies ~/medad_studies --adapters demo                      # NIfTI folder, http://127.0.0.1:8000
     medad label --studies http://127.0.0.1:8042/dicom-web --modality CT --adapters site.pt --port 8001
 """
 
@@ -74,7 +74,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default=None,
                    help="DICOMweb only: list series of this modality (CT by default in MONAI Label; 'any' = all)")
     p.add_argument("--log-level", dest="log_level", default="info", choices=("debug", "info", "warning", "error"))
-    p.add_argument("--dryrun", action="store_true", help="check the arguments and exit without serving")
+    p.add_argument("--dryrun", action="store_true",
+                   help="check the options, print the equivalent monailabel command and exit without serving")
 
 
 def build_server_argv(args: argparse.Namespace) -> list[str]:
@@ -95,8 +96,6 @@ def build_server_argv(args: argparse.Namespace) -> list[str]:
             "--verbose", args.log_level.upper()]
     for key, value in conf.items():
         argv += ["--conf", key, value]
-    if args.dryrun:
-        argv.append("--dryrun")
     return argv
 
 
@@ -111,11 +110,24 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server (and the studies it serves) is reachable from other machines",
                        args.host)
+    argv = build_server_argv(args)
+    from medad.label.config import ConfigError, LabelConfig
+
+    conf = dict(zip(argv[argv.index("--conf") + 1::3], argv[argv.index("--conf") + 2::3]))
+    try:
+        LabelConfig.from_conf(argv[argv.index("--app") + 1], conf)  # fail before the server starts
+    except ConfigError as e:
+        print(f"medad label: {e}", file=sys.stderr)
+        return 2
+    if args.dryrun:
+        import shlex
+
+        print("options OK; equivalent command:\n  monailabel " + shlex.join(argv))
+        return 0
     from monailabel.main import Main
 
     main_ = Main()
-    ns = main_.args_parser().parse_args(build_server_argv(args))
-    main_.action_start_server(ns)
+    main_.action_start_server(main_.args_parser().parse_args(argv))
     return 0
 
 
