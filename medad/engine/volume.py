@@ -138,14 +138,17 @@ class VolumeRunner:
             stop = min(start + self.batch_size, n)
             x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 1 or 3, U, V]
             empty = self._empty(x).cpu()
-            maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
-            keep = (~empty).nonzero().flatten()
-            if len(keep):
-                m, s = self._predict(to_view(x[keep]))
-                maps[keep] = from_view(m)
-                scores[start + keep.numpy()] = s
             skipped[start:stop] = empty.numpy()
-            slicer.write(out, start, stop, maps)
+            if not empty.any():  # the common case: no gather/scatter copies
+                m, scores[start:stop] = self._predict(to_view(x))
+                slicer.write(out, start, stop, from_view(m))
+            elif not empty.all():
+                keep = (~empty).nonzero().flatten()
+                maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
+                m, scores[start + keep.numpy()] = self._predict(to_view(x[keep]))
+                maps[keep] = from_view(m)
+                slicer.write(out, start, stop, maps)
+            # all empty: ``out`` is already 0 there
 
         # per-slice results in source slice order
         src_idx = slicer.source_index(np.arange(n))
