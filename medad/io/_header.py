@@ -115,8 +115,8 @@ def dcmread_any(path, **kwargs):
 
 def read_header(path: str):
     """Return ``(dataset, None)`` or ``(None, (reason, detail))``; never raises for bad files."""
-    size = os.path.getsize(path)
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as fp:
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True)

@@ -58,13 +58,14 @@ def messy_tree(tmp_path, small_ct):
     ds.SOPInstanceUID = generate_uid()
     ds.save_as(other / "no_pixels.dcm")
     shutil.copy(good[2], other / "copy_of_slice3.dcm")
+    (other / "broken_link.dcm").symlink_to(tmp_path / "gone.dcm")
     return tmp_path, good
 
 
 def test_every_file_once_with_a_reason(messy_tree):
     root, good = messy_tree
     index = find_series([root, good[0]])  # overlapping inputs: still one record per file
-    all_files = sorted(str(p) for p in root.rglob("*") if p.is_file())
+    all_files = sorted(str(p) for p in root.rglob("*") if p.is_file() or p.is_symlink())
     assert sorted(f.path for f in index.files) == all_files
     by_name = {f.path.split("/")[-1]: f for f in index.files if "/other/" in f.path or f.path.endswith("DICOMDIR")}
     assert by_name["report.dcm"].reason == "non_image" and "SR" in by_name["report.dcm"].detail
@@ -74,6 +75,7 @@ def test_every_file_once_with_a_reason(messy_tree):
     assert by_name["truncated_header.dcm"].reason in ("truncated", "unreadable")
     assert by_name["no_pixels.dcm"].reason == "no_pixel_data"
     assert by_name["copy_of_slice3.dcm"].reason == "duplicate_instance"
+    assert by_name["broken_link.dcm"].reason == "unreadable" and "FileNotFoundError" in by_name["broken_link.dcm"].detail
     scouts = [f for f in index.files if "/scout/" in f.path]
     assert len(scouts) == 3 and {f.reason for f in scouts} == {"localizer"}
     assert len(index.series) == 1 and index.series[0].n_files == len(good)

@@ -218,3 +218,19 @@ def test_missing_frame_of_reference(tmp_path, small_ct):
     assert vol.meta["frame_of_reference_uid"] == ""
     with pytest.raises(ValueError, match="no FrameOfReferenceUID"):
         write_parametric_map(vol, vol, tmp_path / "pm.dcm")
+
+
+def test_overlay_display_does_not_depend_on_voxel_order(tmp_path, small_ct):
+    """The same anatomy stored flipped or transposed gives the same picture (radiological display from the affine)."""
+    from PIL import Image
+
+    hu, mask, affine = small_ct
+    a = MetaTensor(torch.from_numpy(hu)[None], affine=torch.as_tensor(affine), meta={"modality": "CT"})
+    m = MetaTensor(torch.from_numpy(mask.astype(np.float32))[None], affine=torch.as_tensor(affine))
+    flipped = Orientation(axcodes="RAS", labels=None)  # X, Y reversed vs. the LPS-ordered input
+    swapped = Orientation(axcodes="PRS", labels=None)  # X and Y exchanged as well
+    k = int(np.argmax(mask.sum((0, 1))))
+    ref = np.asarray(Image.open(save_overlay_png(a, m, tmp_path / "ref.png", k)))
+    for name, t in (("flipped", flipped), ("swapped", swapped)):
+        other = np.asarray(Image.open(save_overlay_png(t(a), t(m), tmp_path / f"{name}.png", k)))
+        np.testing.assert_array_equal(other, ref, err_msg=name)
