@@ -85,7 +85,8 @@ def child(n_slices: int, batch: int, backbone: str, intensity: str) -> dict:
     dt_null = time.perf_counter() - t0
     return {"n_slices": n_slices, "scored": scored, "seconds": dt, "slices_per_s": n_slices / dt,
             "scored_per_s": scored / dt, "rss_before_mib": base, "peak_rss_mib": peak,
-            "peak_before_run_mib": peak_before, "extra_mib": peak - base, "runner_only_slices_per_s": n_slices / dt_null,
+            "peak_before_run_mib": peak_before, "extra_mib": peak - base,
+            "runner_only_slices_per_s": n_slices / dt_null,
             "output_mib": vol.numel() * 4 / 2**20, "input_mib": vol.numel() * 2 / 2**20,
             "volume_score": volume_score, "top_slices": top_slices, "threads": torch.get_num_threads()}
 

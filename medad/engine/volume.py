@@ -6,7 +6,8 @@ the same slicing, intensity, padding and scoring rules:
 1. **Intensity** statistics are computed once on the whole volume (``medad.transforms.make_intensity``: ``"auto"``
    picks CT window / MR foreground percentiles / other percentiles from ``meta["modality"]``).
 2. **Slices** along ``axis`` (after RAS orientation; axial = RAS spatial dim 2) are streamed ``batch_size`` at a time
-   with :class:`~medad.transforms.slicing.RASSlicer`: no reoriented copy of the volume is made. Each batch is scaled,
+   with :class:`~medad.transforms.slicing.RASSlicer`: no reoriented copy of the volume is made. Each batch is moved to
+   the detector's device (``detector.device``, else CPU) and scaled there,
    shown to the model in the ``view`` layout (default ``"radiological"``), padded to a square (no cropping), resized
    to ``detector.image_size`` (bicubic + antialias, the detector's own rule), and scored.
 3. The maps are resized back (bilinear), un-padded, un-viewed and written straight into one preallocated float32
@@ -17,7 +18,8 @@ Memory is flat in the number of slices: input + one float32 output + O(batch) te
 Rules (documented choices):
 
 * **Empty slices** (all 0 after intensity scaling, i.e. background only: air under a brain window, the background
-  outside a skull-stripped brain under MR foreground percentiles) are not sent to the model when ``skip_empty=True``: their map is 0, their slice score 0, and they are never
+  outside a skull-stripped brain under MR foreground percentiles) are not sent to the model when
+  ``skip_empty=True``: their map is 0, their slice score 0, and they are never
   in ``top_slices``. ``VolumeResult.skipped`` marks them.
 * **Volume score** (``volume_score="topk_mean"``, default): the mean of the ``top_k`` highest slice scores among the
   scored slices (robust to one noisy slice, still driven by the most anomalous region); ``"max"``: the highest slice
@@ -134,9 +136,11 @@ class VolumeRunner:
         scores = np.zeros(n, dtype=np.float32)
         skipped = np.zeros(n, dtype=bool)
         to_view, from_view = VIEWS[self.view]
+        device = self._device()
         for start in self._batches(n):
             stop = min(start + self.batch_size, n)
-            x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))  # [B, 1 or 3, U, V]
+            raw = slicer.read(src, start, stop).to(device, non_blocking=True)  # scale/pad/resize on the model's device
+            x = self._channels(apply_ranges(raw[None], ranges))  # [B, 1 or 3, U, V]
             empty = self._empty(x).cpu()
             skipped[start:stop] = empty.numpy()
             if not empty.any():  # the common case: no gather/scatter copies
@@ -145,7 +149,7 @@ class VolumeRunner:
             elif not empty.all():
                 keep = (~empty).nonzero().flatten()
                 maps = torch.zeros((stop - start, *slicer.slice_shape), dtype=torch.float32)
-                m, scores[start + keep.numpy()] = self._predict(to_view(x[keep]))
+                m, scores[start + keep.numpy()] = self._predict(to_view(x[keep.to(x.device)]))
                 maps[keep] = from_view(m)
                 slicer.write(out, start, stop, maps)
             # all empty: ``out`` is already 0 there
@@ -176,7 +180,7 @@ class VolumeRunner:
         if isinstance(t, ModalityIntensity) and img.dtype == torch.uint8:
             t = FixedRangeScale(0.0, 255.0)
         ranges = t.ranges(img)
-        x = apply_ranges(img.as_tensor(), ranges)  # [C', H, W]
+        x = apply_ranges(img.as_tensor().to(self._device()), ranges)  # [C', H, W]
         if x.shape[0] not in (1, 3):
             raise ValueError(f"{len(ranges)} intensity ranges on a {img.shape[0]}-channel image give {x.shape[0]} "
                              "channels; the detector takes 1 (gray) or 3")
@@ -204,6 +208,13 @@ class VolumeRunner:
         if not isinstance(data, MetaTensor):
             data = MetaTensor(data)  # identity affine
         return data
+
+    def _device(self) -> torch.device:
+        """The detector's device (``detector.device``), CPU when it has none."""
+        dev = getattr(self.detector, "device", None)
+        if isinstance(dev, (torch.device, str)):
+            return torch.device(dev)
+        return torch.device("cpu")
 
     def _batches(self, n: int):
         starts = range(0, n, self.batch_size)
@@ -245,12 +256,12 @@ class VolumeRunner:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         res = self.detector.predict(x)
-        maps = torch.as_tensor(res.anomaly_maps).detach().float().cpu()
+        maps = torch.as_tensor(res.anomaly_maps).detach().float()
         if maps.ndim == 4 and maps.shape[1] == 1:
             maps = maps[:, 0]
-        if maps.shape[-1] != side or maps.shape[-2] != side:
+        if maps.shape[-1] != side or maps.shape[-2] != side:  # resize back on the detector's device
             maps = F.interpolate(maps[:, None], size=(side, side), mode="bilinear", align_corners=False)[:, 0]
-        maps = maps[:, t: side - b, l: side - r]
+        maps = maps[:, t: side - b, l: side - r].cpu()
         scores = torch.as_tensor(res.image_scores).detach().float().cpu().reshape(-1).numpy()
         return maps, scores
 

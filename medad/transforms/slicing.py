@@ -85,7 +85,8 @@ def ras_orientation(affine: np.ndarray | torch.Tensor, space: str | None = None)
     aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     if aff.shape != (4, 4):
         raise ValueError(f"expected a 4x4 affine for a 3D volume; got shape {aff.shape}")
-    labels = _LPS_LABELS if (space is not None and str(space).upper() == "LPS") else (("L", "R"), ("P", "A"), ("I", "S"))
+    ras_labels = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's default
+    labels = _LPS_LABELS if (space is not None and str(space).upper() == "LPS") else ras_labels
     src = nib.orientations.io_orientation(aff)
     dst = nib.orientations.axcodes2ornt("RAS", labels=labels)
     ornt = nib.orientations.ornt_transform(src, dst)  # row i: (target axis of source axis i, +1/-1)

@@ -1,4 +1,4 @@
-"""Intensity transforms: CT windows on hand-made HU values, MR/foreground percentiles, modality dispatch, array vs dict."""
+"""Intensity transforms: CT windows on hand-made HU, MR foreground percentiles, modality dispatch, array vs dict."""
 
 import numpy as np
 import pytest

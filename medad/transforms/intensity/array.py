@@ -80,7 +80,7 @@ def apply_ranges(img: NdarrayOrTensor, ranges: Sequence[Range], clip: bool = Tru
 
 
 def get_modality(img: NdarrayOrTensor, default: str | None = None) -> str | None:
-    """Modality of a MetaTensor from ``meta["modality"]`` (or the DICOM tag ``0008|0060``), upper case, or ``default``."""
+    """Modality from ``meta["modality"]`` (or the DICOM tag ``0008|0060``), upper case, else ``default``."""
     meta = getattr(img, "meta", None) or {}
     for key in ("modality", "Modality", "0008|0060", "00080060"):
         value = meta.get(key)
@@ -271,7 +271,8 @@ class ModalityIntensity(RangeScale):
 def make_intensity(spec: str | RangeScale = "auto") -> RangeScale:
     """Build an intensity transform from a short specification (the ``intensity=`` argument of the volume runner).
 
-    ``"auto"``: :class:`ModalityIntensity`; ``"ct"``: soft-tissue window; ``"ct:brain"``; ``"ct:brain,soft_tissue,bone"``
+    ``"auto"``: :class:`ModalityIntensity`; ``"ct"``: soft-tissue window; ``"ct:brain"``;
+    ``"ct:brain,soft_tissue,bone"``
     (three windows as the three channels); ``"ct:W400L40"``; ``"mr"`` (foreground 0.5-99.5 %); ``"mr:1,99"``;
     ``"percentile"`` / ``"percentile:1,99"`` (whole image); ``"minmax"``; ``"uint8"`` (0-255 -> 0-1);
     ``"none"`` (input already in [0, 1]). A :class:`RangeScale` instance is returned as is.
@@ -279,7 +280,8 @@ def make_intensity(spec: str | RangeScale = "auto") -> RangeScale:
     if isinstance(spec, RangeScale):
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"intensity must be a string specification or a RangeScale transform; got {type(spec).__name__}")
+        raise TypeError(f"intensity must be a string specification or a RangeScale transform; "
+                        f"got {type(spec).__name__}")
     kind, _, arg = spec.strip().partition(":")
     kind = kind.lower()
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 __all__ = ["CT_WINDOWS", "window_range", "parse_windows"]
 
-#: CT display windows in Hounsfield units, ``name -> (width, level)``. ``[level - width/2, level + width/2]`` maps to [0, 1].
+#: CT display windows in Hounsfield units, ``name -> (width, level)``;
+#: ``[level - width/2, level + width/2]`` maps to [0, 1].
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (80.0, 40.0),
     "soft_tissue": (400.0, 40.0),
