@@ -51,6 +51,21 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
         return cls(client=other._client, search_filter=other._search_filter, cache_path=cache,
                    fetch_by_frame=other._fetch_by_frame, convert_to_nifti=other._convert_to_nifti)
 
+    def get_image_uri(self, image_id: str) -> str:
+        """The cached image; on the first fetch MONAI Label 0.8.5 returns (and leaves behind) the temporary NIfTI it
+        converted the series to, away from the cached DICOM files. Return the cached copy instead and delete the
+        temporary file, so the infer task finds the source series next to the image."""
+        uri = super().get_image_uri(image_id)
+        if not self._convert_to_nifti:
+            return uri
+        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if uri != cached and os.path.isfile(cached):
+            if os.path.isfile(uri) and os.path.dirname(os.path.realpath(uri)) == os.path.realpath(
+                    tempfile.gettempdir()):
+                os.unlink(uri)
+            return cached
+        return uri
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
         if label_tag != DefaultLabelTag.FINAL or "".join(pathlib.Path(label_filename).suffixes) == ".bin":

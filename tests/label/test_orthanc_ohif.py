@@ -56,15 +56,16 @@ def _qido_series(pacs, **filters) -> list[dict]:
 
 def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, pacs, ct_series, tmp_path):
     series_uid = ct_series["series"]
-    assert requests.post(f"{server}/activelearning/random", json={}, timeout=60).json()["id"] == series_uid
     assert series_modalities(pacs) == ["CT"]
-
+    # first access to the series is the inference itself (no "Next Sample" before): the series is fetched,
+    # converted, and the DICOM files found for the Parametric Map / SEG
     r = requests.post(f"{server}/infer/anomaly", params={"image": series_uid, "output": "json"}, timeout=300)
     assert r.status_code == 200, r.text
     res = r.json()
     dicom = res["outputs"]["dicom"]
     assert dicom["written"] is True and dicom["stowed"] is True, dicom
     assert len(res["slice_scores"]) == SHAPE[2]
+    assert requests.post(f"{server}/activelearning/random", json={}, timeout=60).json()["id"] == series_uid
 
     # QIDO-RS on the PACS: the Parametric Map (Modality OT in highdicom) and the SEG are there
     assert series_modalities(pacs) == ["CT", "OT", "SEG"]
