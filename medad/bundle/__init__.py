@@ -14,11 +14,16 @@ imports when run from the bundle root, see ``ecosystem.md`` 0.6). Everything a c
   anomaly map keeps the source geometry and carries the volume/slice scores in its ``meta``.
 * :class:`SaveAnomalyMapd`, :class:`SaveVolumeScoresd` - the NIfTI map (plus optional DICOM Parametric Map and SEG
   for DICOM sources) and the per-volume scores CSV.
+* :class:`MVFATrainer`, :class:`MVFAEvaluator` - ``trainer``/``evaluator`` with ``.run()`` over
+  :mod:`medad.engine.train` / :mod:`medad.engine.evaluate`; :func:`make_demo_dataset` - a small synthetic
+  MVFA-layout dataset to try them.
 """
 
 from .data import LoadVolumed, find_volumes, output_name
 from .inference import CSV_COLUMNS, SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer
 from .network import SliceAnomalyNet, is_adapter_checkpoint, save_model
+from .training import TRAIN_MODES, MVFAEvaluator, MVFATrainer, make_demo_dataset
 
 __all__ = ["SliceAnomalyNet", "is_adapter_checkpoint", "save_model", "find_volumes", "LoadVolumed", "output_name",
-           "VolumeInferer", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS"]
+           "VolumeInferer", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS", "MVFATrainer",
+           "MVFAEvaluator", "make_demo_dataset", "TRAIN_MODES"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,7 +30,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_blocks_are_single_line_repo_root_commands():
     cmds = readme_commands()
-    assert len(cmds) >= 6
+    assert len(cmds) >= 10
     for c in cmds:
         assert c.startswith(".venv/bin/python -m monai.bundle "), c  # run from the repository root with the venv
         assert "bundles/mri_ct_slice_anomaly_mvfa/" in c
@@ -52,7 +54,7 @@ def test_readme_commands_in_fresh_clone(tmp_path):
     clone = _fresh_clone(tmp_path / "clone")
     bundle = clone / "bundles" / "mri_ct_slice_anomaly_mvfa"
     assert not (bundle / "models" / "model.pt").exists() and not (bundle / "eval").exists()
-    script = "set -e\n" + "\n".join(f"echo '>>> {c[:60]}'\n{c}" for c in readme_commands())
+    script = "set -e\n" + "\n".join(f"echo {shlex.quote('>>> ' + c)}\n{c}" for c in readme_commands())
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(["bash", "-c", script], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -66,3 +68,10 @@ def test_readme_commands_in_fresh_clone(tmp_path):
     assert "metadata is verified with no error" in proc.stdout
     assert "data shape of network is verified with no error" in proc.stdout
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "models" / "model.ts").is_file()
+    # training demo: synthetic data, 1-epoch 2-shot model, its metrics, and inference with it
+    assert (bundle / "demo_data" / "Brain_AD" / "valid" / "Ungood" / "anomaly_mask").is_dir()
+    train_out = clone / "out" / "bundle_train"
+    metrics = json.loads((train_out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and 0.0 <= metrics["pixel_auroc"] <= 1.0
+    with open(train_out / "eval" / "scores.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
