@@ -1,5 +1,7 @@
 """Square padding/resizing (invertible, array vs dict) and RAS slice streaming vs MONAI Orientation."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,24 @@ def test_bundle_style_pipeline_inverts_to_source_grid():
     assert err < 0.02
     for dim in (1, 2, 3):  # a flipped result along any axis would be caught
         assert float((out.as_tensor() - expected.flip(dim))[inner].abs().mean()) > 3 * err
+
+
+_BRATS = "/work/shared/data/brats2015_subset"
+
+
+@pytest.mark.skipif(not os.path.exists(f"{_BRATS}/mvfa_layout/Brain_AD/test/good/img/brats_2013_pat0001_1_103.png"),
+                    reason="BraTS subset not present")
+def test_brats_png_view_matches_the_shared_training_pngs():
+    """``view="brats_png"`` shows the model a volume slice laid out like the PNGs the adapters are trained on."""
+    from monai.transforms import LoadImage
+    from PIL import Image
+
+    vol = LoadImage(image_only=True, ensure_channel_first=True)(
+        f"{_BRATS}/nifti/test/brats_2013_pat0001_1/Flair_subtrMeanDivStd.nii.gz")
+    png = np.asarray(Image.open(f"{_BRATS}/mvfa_layout/Brain_AD/test/good/img/brats_2013_pat0001_1_103.png"))
+    s = RASSlicer(vol.shape[1:], vol.affine, "axial", vol.meta.get("space"))
+    k = int(np.flatnonzero(s.source_index(np.arange(s.n_slices)) == 103)[0])
+    sl = s.read(vol.as_tensor()[0], k, k + 1)[0]
+    corr = {name: np.corrcoef(to(sl).numpy().ravel(), png.ravel().astype(float))[0, 1]
+            for name, (to, _) in VIEWS.items()}
+    assert corr["brats_png"] > 0.999 and corr["radiological"] < 0.95 and corr["ras"] < 0.95, corr
