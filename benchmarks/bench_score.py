@@ -54,8 +54,8 @@ def child(args) -> None:
     from medad.engine.score import score
 
     torch.set_num_threads(max(1, int(args.threads)))
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu0 = r0.ru_utime + r0.ru_stime  # imports excluded
+    r0, k0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = r0.ru_utime + r0.ru_stime + k0.ru_utime + k0.ru_stime  # imports excluded
     t = time.perf_counter()
     s = score([args.export], args.out, adapters=None, backbone="tiny", workers=args.child_workers, device="cpu",
               batch_size=args.batch_size, progress=False)
