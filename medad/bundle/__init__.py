@@ -20,10 +20,11 @@ imports when run from the bundle root, see ``ecosystem.md`` 0.6). Everything a c
 """
 
 from .data import LoadVolumed, find_volumes, output_name
-from .inference import CSV_COLUMNS, SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer
+from .inference import (CSV_COLUMNS, SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer,
+                        prepare_volume_batch)
 from .network import SliceAnomalyNet, is_adapter_checkpoint, save_model
 from .training import TRAIN_MODES, MVFAEvaluator, MVFATrainer, make_demo_dataset
 
 __all__ = ["SliceAnomalyNet", "is_adapter_checkpoint", "save_model", "find_volumes", "LoadVolumed", "output_name",
-           "VolumeInferer", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS", "MVFATrainer",
+           "VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS", "MVFATrainer",
            "MVFAEvaluator", "make_demo_dataset", "TRAIN_MODES"]

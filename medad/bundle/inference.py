@@ -20,7 +20,7 @@ from torch import nn
 from ..io._atomic import atomic_path
 from .data import output_name
 
-__all__ = ["VolumeInferer", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS"]
+__all__ = ["VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class VolumeInferer(Inferer):
 
     ``__call__(inputs, network)``: ``inputs`` ``[B, 1, X, Y, Z]`` (volumes of different shapes need a data loader
     ``batch_size`` of 1), ``network`` a :class:`SliceAnomalyNet` (or anything with ``.detector``, DDP unwrapped) ->
-    anomaly maps ``[B, 1, X, Y, Z]`` in [0, 1], each with its volume's affine and meta plus the
+    anomaly maps ``[B, 1, X, Y, Z]`` in [0, 1] on the CPU, each with its volume's affine and meta plus the
     :data:`SCORE_META_KEYS`: ``volume_score`` (float), ``slice_scores`` ``[n_slices]``, ``top_slices`` (source slice
     indices, most anomalous first), ``n_slices``, ``slice_axis`` (``"axial"``...) and ``slice_dim`` (the source array
     dim holding the slices).
@@ -68,7 +68,7 @@ class VolumeInferer(Inferer):
         runner = self.runner(network)
         maps = []
         for b in range(inputs.shape[0]):
-            vol = inputs[b]
+            vol = inputs[b].cpu()  # the runner streams slices to the detector's device itself
             res = runner.run(vol if isinstance(vol, MetaTensor) else MetaTensor(vol))
             amap = res.anomaly_map
             amap.meta.update({
@@ -79,8 +79,14 @@ class VolumeInferer(Inferer):
                 "slice_axis": str(res.axis),
                 "slice_dim": int(res.source_dim) if res.source_dim is not None else -1,
             })
-            maps.append(amap.to(inputs.device))
+            maps.append(amap)
         return collate_meta_tensor(maps)
+
+
+def prepare_volume_batch(batchdata: Mapping, device: Any = None, non_blocking: bool = False, **kwargs: Any):
+    """``SupervisedEvaluator(prepare_batch=...)`` that leaves the volume where it is (CPU) instead of copying the whole
+    volume to the GPU: :class:`VolumeInferer` sends the model one batch of slices at a time."""
+    return batchdata["image"], None
 
 
 def _plain(v: Any) -> Any:

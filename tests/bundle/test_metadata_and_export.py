@@ -29,8 +29,11 @@ def test_metadata_matches_installed_versions():
     import monai
     import numpy
 
+    import medad
+
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["monai_version"] == monai.__version__
+    assert meta["required_packages_version"]["medad"] == medad.__version__
     assert meta["numpy_version"] == numpy.__version__
     assert meta["version"] in meta["changelog"]
 
