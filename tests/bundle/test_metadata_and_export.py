@@ -114,3 +114,17 @@ def test_load_state_dict_rejects_wrong_backbone(net_with_bank):
     sd["_extra_state"] = {**sd["_extra_state"], "backbone": "ViT-L-14-336"}
     with pytest.raises(ValueError, match="backbone"):
         mb.SliceAnomalyNet(backbone="tiny", adapters=None).load_state_dict(sd)
+
+
+def test_large_files_lists_the_known_clip_weights():
+    """large_files.yml names the OpenAI file with the SHA-256 medad verifies (and keeps it out of models/*.pt)."""
+    import yaml
+
+    from medad.model.backbone import get_backbone_config
+
+    entries = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    known = get_backbone_config("ViT-L-14-336")["known_weights"]["openai"]
+    (entry,) = entries
+    assert entry["hash_type"] == "sha256" and entry["hash_val"] == known["sha256"]
+    assert entry["hash_val"] == "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02"
+    assert entry["url"] == known["url"] and entry["path"] == "models/backbone/" + known["filename"]
