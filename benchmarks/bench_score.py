@@ -60,9 +60,13 @@ def child(args) -> None:
     s = score([args.export], args.out, adapters=None, backbone="tiny", workers=args.child_workers, device="cpu",
               batch_size=args.batch_size, progress=False)
     dt = time.perf_counter() - t
+    stages = {"load": 0.0, "score": 0.0, "write": 0.0}
+    for rec in Path(args.out).glob("series/*/record.json"):
+        for k, v in json.loads(rec.read_text()).get("seconds", {}).items():
+            stages[k] = stages.get(k, 0.0) + v
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"workers": args.child_workers, "seconds": dt, "series": s.n_scored, "slices": s.n_slices,
-                      "failed": s.n_failed, "rss_main_mb": me.ru_maxrss / 1024,
+                      "failed": s.n_failed, "rss_main_mb": me.ru_maxrss / 1024, "stages": stages,
                       "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime - cpu0}))
 
 
@@ -149,15 +153,19 @@ def main() -> None:
         f"{n_files} files, {n_slices} slices; tiny backbone (random init, the speed is that of any adapters), "
         f"slice batch {args.batch_size}; each run from scratch (index + decode + score + NIfTI/PNG writes + tables) "
         "in a fresh process. `workers` = DICOM decoding processes (0 = decode in the main process, no overlap).", "",
-        "| workers | wall s | series/min | slices/s | CPU s (all processes) | peak RSS main process (MB) "
-        "| peak PSS main + workers (MB) | load avg |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | wall s | series/min | slices/s | CPU s (all processes) | decode / model / write s "
+        "| peak RSS main process (MB) | peak PSS main + workers (MB) | load avg |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['workers']} | {r['seconds']:.1f} | {60 * r['series'] / r['seconds']:.1f} | "
-                     f"{r['slices'] / r['seconds']:.1f} | {r['cpu_s']:.0f} | {r['rss_main_mb']:.0f} | "
+                     f"{r['slices'] / r['seconds']:.1f} | {r['cpu_s']:.0f} | "
+                     f"{r['stages']['load']:.1f} / {r['stages']['score']:.1f} / {r['stages']['write']:.1f} | "
+                     f"{r['rss_main_mb']:.0f} | "
                      f"{r['pss_total_mb']:.0f} | {r['load']:.1f} |")
-    lines += ["", "Peak RSS is the main process's (`ru_maxrss`); peak PSS sums the proportional set size of the main "
+    lines += ["", "decode / model / write: summed per-series wall times from the records (decoding runs in the "
+              "workers, overlapped with the model when workers > 0; writing runs in a background thread overlapped "
+              "with the next series).", "Peak RSS is the main process's (`ru_maxrss`); peak PSS sums the proportional set size of the main "
               "process and its decoding workers (sampled every 0.1 s), i.e. the real footprint of the run, since "
               "forked workers share torch's pages.", "The load average column shows how busy the machine was (other jobs share its CPUs): with a load "
               "well above the CPU count the wall-clock figures are several times slower than on an idle machine; "

@@ -228,7 +228,7 @@ def _slices_last(mt, dim: int):
 
 def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, out: Path, dicom_out: bool,
                          stow: Optional[StowGate], overlays: int, thresholds: Sequence[float],
-                         seconds: float) -> mf.SeriesOutcome:
+                         seconds: dict[str, float]) -> mf.SeriesOutcome:
     """Write one series' outputs, then its ``record.json`` (last). Never raises: errors become a failed record.
 
     Args:
@@ -286,7 +286,7 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         rec.status, rec.stage, rec.error = "failed", stage, _one_line(e)
         log.warning("series %s failed at %s: %s", rec.key, stage, rec.error)
-    rec.seconds = round(seconds + time.perf_counter() - t, 3)
+    rec.seconds = {**seconds, "write": round(time.perf_counter() - t, 3)}
     try:
         mf.write_record(sdir, rec)
     except OSError as e:

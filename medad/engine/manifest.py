@@ -69,7 +69,8 @@ class SeriesOutcome:
         series: identifying fields of the source series (UIDs, modality, description, ...).
         n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
         outputs: paths relative to ``OUT`` (``nifti``, ``pngs``, ``pm``, ``seg``) and ``stow`` status.
-        seconds: wall time spent on the series (informative; not copied into the tables).
+        seconds: wall time spent on the series: ``{"load": decode in a worker, "score": model, "write": outputs
+            (+ STOW)}`` (informative; not copied into the tables).
     """
 
     key: str
@@ -85,7 +86,7 @@ class SeriesOutcome:
     top_slice_scores: list[float] = field(default_factory=list)
     slice_scores: list[float] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
     version: int = RECORD_VERSION
 
     @property
