@@ -128,3 +128,31 @@ def test_large_files_lists_the_known_clip_weights():
     assert entry["hash_type"] == "sha256" and entry["hash_val"] == known["sha256"]
     assert entry["hash_val"] == "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02"
     assert entry["url"] == known["url"] and entry["path"] == "models/backbone/" + known["filename"]
+
+
+def test_weight_overrides_reach_the_detector(tmp_path):
+    """--backbone_weights / --adapters (released MVFA format) are what network_def loads."""
+    from monai.bundle import ConfigParser
+
+    import medad
+    from medad.weights import WeightsError
+
+    src = medad.load_detector(backbone="tiny")
+    torch.manual_seed(3)
+    for p in src.model.adapters.parameters():
+        p.data.normal_()
+    official = tmp_path / "Brain.pth"
+    src.save_adapters(official, official_only=True)  # {'seg_adapters', 'det_adapters'} only, like MVFA's release
+
+    def network_def(**override):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "inference.json"))
+        parser.update(override)
+        return parser.get_parsed_content("network_def")
+
+    net = network_def(backbone="tiny", adapters=str(official))
+    for a, b in zip(net.detector.model.adapters.parameters(), src.model.adapters.parameters()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError) as err:
+        network_def(backbone="tiny", adapters=str(official), backbone_weights=str(tmp_path / "ViT-L-14-336px.pt"))
+    assert isinstance(err.value.__cause__, WeightsError) and "ViT-L-14-336px.pt" in str(err.value.__cause__)
