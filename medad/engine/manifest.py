@@ -39,7 +39,8 @@ from ..io._atomic import atomic_path
 __all__ = [
     "RECORD_NAME", "RESULTS_COLUMNS", "FAILED_REASONS", "SeriesOutcome", "series_dir_name", "series_fingerprint",
     "read_record", "write_record", "write_text_atomic", "file_entries", "write_results_csv", "write_manifest",
-    "remove_stale_temporaries", "config_hash", "acquire_run_lock", "release_run_lock",
+    "remove_stale_temporaries", "config_hash", "acquire_run_lock", "release_run_lock", "run_config",
+    "check_run_config", "RunConfigError", "OutputBusyError",
 ]
 
 RECORD_NAME = "record.json"
@@ -204,6 +205,42 @@ def release_run_lock(fh) -> None:
 
 class OutputBusyError(RuntimeError):
     """Another run is writing to the same output folder."""
+
+
+class RunConfigError(ValueError):
+    """The output folder holds results made with other settings."""
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def run_config(det, *, axis, intensity, top_k, overlays, dicom_out) -> dict:
+    """``run.json``: everything that changes the outputs (not workers, batch size, device, filters)."""
+    adapters = det.metadata.get("adapters_sha256") or det.metadata.get("checkpoint_sha256") or ""
+    return {"medad": _version(), "backbone": det.backbone, "backbone_sha256": det.metadata.get("backbone_sha256", ""),
+            "adapters": str(det.metadata.get("adapters_source", "")), "adapters_sha256": adapters,
+            "object_name": det.object_name, "thresholds": list(getattr(det, "thresholds", ())),
+            "axis": axis, "intensity": str(intensity), "top_k": int(top_k), "overlays": int(overlays),
+            "dicom_out": bool(dicom_out)}
+
+
+def check_run_config(out: Path, config: dict, overwrite: bool) -> None:
+    """Refuse an ``out`` folder whose ``run.json`` differs from ``config`` (unless ``overwrite``), then write it."""
+    path = out / "run.json"
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise RunConfigError(
+                f"{out} holds results made with other settings (differences: {', '.join(diff)}). Use a new --out "
+                "folder, or pass --overwrite to rescore everything there with the new settings.")
+    write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + "\n")
 
 
 def _fmt_score(v: Optional[float]) -> str:

@@ -45,7 +45,6 @@ from typing import Any, Optional
 
 import torch
 
-from .. import __version__
 from ..io import SeriesIndex, SeriesRecord, find_series
 from . import manifest as mf
 from ._score_worker import SeriesLoader, balanced_shards, default_batch_size, default_workers, run_with_backoff
@@ -57,7 +56,8 @@ log = logging.getLogger(__name__)
 
 
 class ScoreConfigError(ValueError):
-    """The output folder holds a run made with other settings, or the arguments are inconsistent."""
+    """The run cannot start: the output folder holds a run made with other settings or is in use by another run,
+    an input does not exist, or a filter is invalid."""
 
 
 @dataclass
@@ -160,31 +160,6 @@ def select_series(series: Sequence[SeriesRecord], modality=None, body_part=None,
     return kept, filtered
 
 
-def _run_config(det, *, axis, intensity, top_k, overlays, dicom_out) -> dict:
-    """Everything that changes the outputs (not workers/batch size/device)."""
-    adapters = det.metadata.get("adapters_sha256") or det.metadata.get("checkpoint_sha256") or ""
-    return {"medad": __version__, "backbone": det.backbone, "backbone_sha256": det.metadata.get("backbone_sha256", ""),
-            "adapters": str(det.metadata.get("adapters_source", "")), "adapters_sha256": adapters,
-            "object_name": det.object_name, "thresholds": list(getattr(det, "thresholds", ())),
-            "axis": axis, "intensity": str(intensity), "top_k": int(top_k), "overlays": int(overlays),
-            "dicom_out": bool(dicom_out)}
-
-
-def _check_run_json(out: Path, config: dict, overwrite: bool) -> None:
-    path = out / "run.json"
-    if path.is_file() and not overwrite:
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if old is not None and old != config:
-            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise ScoreConfigError(
-                f"{out} holds results made with other settings (differences: {', '.join(diff)}). Use a new --out "
-                "folder, or pass --overwrite to rescore everything there with the new settings.")
-    mf.write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + "\n")
-
-
 @dataclass
 class _Plan:
     index: SeriesIndex
@@ -198,7 +173,7 @@ class _Plan:
 
 def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, exclude, overwrite,
                retry_failed, stow, progress) -> _Plan:
-    _check_run_json(out, config, overwrite)  # before indexing: a big export takes a while to index
+    mf.check_run_config(out, config, overwrite)  # before indexing: a big export takes a while to index
     mf.remove_stale_temporaries(out)
     index = find_series(inputs, progress=progress)
     selected, filtered = select_series(index.series, modality, body_part, series_description, exclude)
@@ -304,7 +279,7 @@ def score(
             detector.metadata.setdefault("adapters_source", str(adapters))
             detector.metadata.setdefault("adapters_sha256", sha256_file(
                 DEMO_ADAPTERS if str(adapters) == "demo" else adapters))
-    config = _run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
+    config = mf.run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
                          dicom_out=dicom_out)
 
     plan, lock = None, None
@@ -315,7 +290,7 @@ def score(
                 plan = _make_plan(inputs, out, config, modality=modality, body_part=body_part,
                                   series_description=series_description, exclude=exclude, overwrite=overwrite,
                                   retry_failed=retry_failed, stow=stow, progress=progress)
-            except (ScoreConfigError, mf.OutputBusyError, FileNotFoundError, re.error) as e:
+            except (mf.RunConfigError, mf.OutputBusyError, FileNotFoundError, re.error) as e:
                 plan = _Plan(SeriesIndex(), [], {}, {}, {}, [], error=f"{type(e).__name__}: {e}")
         plan = _broadcast(plan, dist_on)
         if plan.error:
