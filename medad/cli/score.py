@@ -50,6 +50,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true", help="accept an --out folder made with other settings (model, axis, top-k, --dicom-out...) and rescore it")
     o.add_argument("--keep-failed", action="store_true", help="do not retry series that failed in an earlier run")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--dry-run", action="store_true",
+                   help="index and plan only: write manifest.jsonl/results.csv with what would be scored, score nothing")
     return p
 
 
@@ -65,13 +67,23 @@ def run(args: argparse.Namespace) -> int:
             dicom_out=args.dicom_out, stow=args.stow, workers=args.workers, device=args.device,
             batch_size=args.batch_size, top_k=args.top_k, overlays=args.overlays, axis=args.axis,
             intensity=args.intensity, precision=args.precision, overwrite=args.overwrite,
-            retry_failed=not args.keep_failed, progress=not args.no_progress)
+            retry_failed=not args.keep_failed, progress=not args.no_progress, dry_run=args.dry_run)
     except (ScoreConfigError, FileNotFoundError, ValueError) as e:
         print(f"medad score: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"medad score: interrupted; finished series are kept in {args.out}. Rerun the same command to score "
+              "the rest.", file=sys.stderr)
+        return 130
     import torch.distributed as dist
 
     main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if main and args.dry_run:
+        print(summary.text())
+        pending = summary.files_by_status.get("pending", 0)
+        print(f"dry run: {summary.n_selected - summary.n_reused} series ({pending} files) would be scored; "
+              f"{summary.n_reused} are done already. manifest.jsonl/results.csv show the plan.")
+        return 0
     if main:
         print(summary.text())
         print(f"exit code {summary.exit_code}: "

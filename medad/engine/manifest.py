@@ -305,8 +305,9 @@ def file_entries(index, outcomes: dict[str, SeriesOutcome], filtered: dict[str, 
         else:
             o = outcomes.get(f.series_key)
             if o is None:
-                e.update(status="pending", reason="not_scored", detail="the run stopped before this series was scored; "
-                         "rerun the same command to finish", series_key=f.series_key)
+                e.update(status="pending", reason="not_scored",
+                         detail="not scored yet (stopped run or --dry-run): run the same command to score it",
+                         series_key=f.series_key)
             elif o.ok:
                 e.update(status="scored", reason="", detail="", series_key=f.series_key)
             elif o.skipped:

@@ -226,6 +226,7 @@ def score(
     overwrite: bool = False,
     retry_failed: bool = True,
     progress: bool = True,
+    dry_run: bool = False,
     detector=None,
 ) -> ScoreSummary:
     """Score every series under ``inputs`` into ``out_dir`` (resumable; see the module docstring).
@@ -248,6 +249,7 @@ def score(
             records do not match the new settings; rerunning with ``overwrite`` after an interruption still resumes).
         retry_failed: rescore series whose earlier record is ``failed`` (default); False keeps them failed.
         progress: tqdm bars for indexing and for series.
+        dry_run: index and plan only: the tables list the series still to score as ``pending``.
         detector: an already built detector (then ``adapters``/``backbone``/... are ignored).
 
     Returns:
@@ -304,7 +306,7 @@ def score(
         nworkers = default_workers() if workers is None else int(workers)
         log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
                  info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
-        if mine:
+        if mine and not dry_run:
             _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
                          workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])
         barrier()
@@ -386,7 +388,7 @@ def _merge(out: Path, plan: _Plan, n_todo: int) -> ScoreSummary:
             rec = None
         if rec is not None:
             outcomes[s.key] = rec
-        rows.append(mf.results_row(rec, fields, status="pending", error="not scored yet (run stopped); rerun"))
+        rows.append(mf.results_row(rec, fields, status="pending", error="not scored yet (stopped run or --dry-run): run the same command to score it"))
     results = mf.write_results_csv(out / "results.csv", rows)
     entries = mf.file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
     manifest = mf.write_manifest(out / "manifest.jsonl", entries)

@@ -135,3 +135,14 @@ def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     with pytest.raises(ScoreConfigError, match="neither a file nor a folder"):
         score([export / "nope"], tmp_path / "x", detector=tiny_detector, progress=False)
     assert not any(".tmp-" in n for _, _, names in os.walk(out) for n in names)  # no temporaries left
+
+
+def test_dry_run_plans_without_scoring(export, tiny_detector, tmp_path):
+    out = tmp_path / "plan"
+    s = score([export], out, detector=tiny_detector, progress=False, dry_run=True)
+    assert (s.n_selected, s.n_scored, s.n_reused) == (N_SERIES, 0, 0)
+    assert not (out / "series").exists()
+    statuses = {e["status"] for e in _manifest(out)}
+    assert statuses == {"pending", "skipped", "failed"}  # failed: the truncated file
+    assert {r["status"] for r in _results(out)} == {"pending"}
+
