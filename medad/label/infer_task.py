@@ -330,8 +330,21 @@ class AnomalyInferTask(BasicInferTask):
             return {"written": False, "reason": "input is not a DICOM series"}
         from medad.io import stow, write_parametric_map, write_segmentation
 
-        pm = write_parametric_map(data["anomaly_map"], volume, tmp / "anomaly_pm.dcm")
-        seg = write_segmentation(data["pred"], volume, tmp / "anomaly_seg.dcm", labels=LABELS)
+        from pydicom.uid import generate_uid
+
+        # UIDs fixed by (source series, model state, thresholds): re-scoring with the same model re-sends the same
+        # instances, while a grown memory bank or other thresholds give a new series (a PACS keeps the first copy
+        # of an instance it already has, so reusing UIDs would hide the new result).
+        key = ["medad-label", str(volume.meta.get("series_uid", "")), self.store.fingerprint(),
+               *(f"{t:.6g}" for t in data["thresholds"])]
+
+        def uid(*parts: str) -> str:
+            return generate_uid(entropy_srcs=[*key, *parts])
+
+        pm = write_parametric_map(data["anomaly_map"], volume, tmp / "anomaly_pm.dcm", series_uid=uid("pm", "series"),
+                                  sop_instance_uid=uid("pm", "instance"))
+        seg = write_segmentation(data["pred"], volume, tmp / "anomaly_seg.dcm", labels=LABELS,
+                                 series_uid=uid("seg", "series"), sop_instance_uid=uid("seg", "instance"))
         out: dict[str, Any] = {"written": True, "stowed": False,
                                "parametric_map_series_uid": _series_uid(pm), "segmentation_series_uid": _series_uid(seg)}
         if self.dicomweb_url:

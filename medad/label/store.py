@@ -8,6 +8,7 @@ the infer task picks up a new bank without a server restart.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -140,6 +141,16 @@ class DetectorStore:
                 self._runner = self.make_runner(self._detector)
                 self._loaded_mtime = mtime
             return self._detector, self._runner
+
+    def fingerprint(self) -> str:
+        """Short digest of what determines the maps: backbone weights, adapters, site checkpoint, bank, thresholds."""
+        import hashlib
+
+        det, _ = self.get()
+        parts = [det.backbone, str(det.metadata.get("backbone_sha256")), str(self.config.adapters),
+                 str(self._loaded_mtime), str(len(det.memory_bank) if det.memory_bank is not None else 0),
+                 ",".join(f"{t:.6g}" for t in det.thresholds), json.dumps(self.config.runner_options, sort_keys=True)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def info(self) -> dict[str, Any]:
         """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers)."""

@@ -137,8 +137,19 @@ def test_submitted_labels_become_seg_without_dcmqi_and_empty_ones_mark_normal(se
     # the reviewer clears the segments and submits: an empty label marks the study normal (no new SEG)
     assert submit(np.zeros(image.shape, dtype=np.uint8), []).status_code == 200
     assert series_modalities(pacs).count("SEG") == n_seg + 1
+    before = _infer_dicom(server, uid)
+    assert _infer_dicom(server, uid) == before  # same model, same thresholds: the same instances again
     r = requests.post(f"{server}/train/anomaly", params={"run_sync": "true"}, timeout=300)
     assert r.status_code == 200 and r.json()["normal_studies"] == 1, r.text
+    after = _infer_dicom(server, uid)  # grown memory bank: a new PM/SEG series, stored next to the old one
+    assert after["stowed"] and after["parametric_map_series_uid"] != before["parametric_map_series_uid"]
+    assert series_modalities(pacs).count("OT") == 2
+
+
+def _infer_dicom(server: str, series_uid: str) -> dict:
+    r = requests.post(f"{server}/infer/anomaly", params={"image": series_uid, "output": "json"}, timeout=300)
+    assert r.status_code == 200, r.text
+    return r.json()["outputs"]["dicom"]
 
 
 def _chromium(*args: str, profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
