@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -76,8 +75,9 @@ class SeriesLoader:
     ``workers`` processes (a ``DataLoader``, one series per item, ``prefetch_factor=1`` so at most ``workers``
     decoded volumes wait in memory). ``workers=0`` decodes in the calling process.
 
-    A decoding process that dies (a decoder segfault, the OOM killer) does not stop the batch: the loader restarts
-    on the remaining series; a series that is being decoded during two such deaths is reported as failed.
+    A decoding process that dies (a decoder segfault, the OOM killer) does not stop the batch: the series the loader
+    was waiting for is decoded again alone in a fresh process (failed with ``WorkerCrash`` if that dies too, so an
+    innocent series decoded next to the culprit is not blamed), then the loader restarts on the remaining series.
     """
 
     def __init__(self, records: Sequence[SeriesRecord], workers: int = 2):
@@ -87,6 +87,21 @@ class SeriesLoader:
     def __len__(self) -> int:
         return len(self.records)
 
+    def _loader(self, order: Sequence[int], workers: int) -> DataLoader:
+        return DataLoader(_SeriesDataset(self.records, order), batch_size=None, shuffle=False,
+                          num_workers=min(workers, len(order)), collate_fn=_identity, prefetch_factor=1,
+                          persistent_workers=False)
+
+    def _alone(self, i: int) -> tuple[SeriesRecord, Any, str, float]:
+        try:
+            _, vol, err, sec = next(iter(self._loader([i], 1)))
+            return self.records[i], vol, err, sec
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            return (self.records[i], None, "WorkerCrash: the decoding process died on this series "
+                    f"({' '.join(str(e).split())[:200]})", 0.0)
+
     def __iter__(self) -> Iterator[tuple[SeriesRecord, Any, str, float]]:
         remaining = list(range(len(self.records)))
         if self.workers == 0:
@@ -95,13 +110,9 @@ class SeriesLoader:
                 i, vol, err, sec = ds[j]
                 yield self.records[i], vol, err, sec
             return
-        crashes: Counter = Counter()
         while remaining:
-            ds = _SeriesDataset(self.records, remaining)
-            loader = DataLoader(ds, batch_size=None, shuffle=False, num_workers=min(self.workers, len(ds)),
-                                collate_fn=_identity, prefetch_factor=1, persistent_workers=False)
             got = 0
-            it = iter(loader)
+            it = iter(self._loader(remaining, self.workers))
             try:
                 for i, vol, err, sec in it:
                     got += 1
@@ -112,14 +123,9 @@ class SeriesLoader:
                     raise
                 del it
                 remaining = remaining[got:]
-                suspect = remaining[0]
-                crashes[suspect] += 1
-                log.warning("a decoding process died (%s); restarting on %d remaining series",
-                            " ".join(str(e).split())[:200], len(remaining))
-                if crashes[suspect] >= 2:
-                    remaining = remaining[1:]
-                    yield (self.records[suspect], None,
-                           f"WorkerCrash: the decoding process died twice on this series ({str(e)[:200]})", 0.0)
+                log.warning("a decoding process died (%s); retrying series %s alone, then %d more",
+                            " ".join(str(e).split())[:200], self.records[remaining[0]].key, len(remaining) - 1)
+                yield self._alone(remaining.pop(0))
 
 
 def run_with_backoff(runner, volume):
