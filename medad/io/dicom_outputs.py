@@ -24,6 +24,7 @@ import torch
 
 from ._atomic import atomic_path
 from ._header import dcmread_any
+from .writers import _array_affine
 
 __all__ = ["DEFAULT_SEGMENT_LABELS", "DEFAULT_THRESHOLDS", "grade_map", "write_parametric_map", "write_segmentation"]
 
@@ -42,21 +43,6 @@ def _version() -> str:
         return str(__version__)
     except ImportError:  # pragma: no cover
         return "0"
-
-
-def _map_array_affine(anomaly_map) -> tuple[np.ndarray, np.ndarray]:
-    arr = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, torch.Tensor) else np.asarray(anomaly_map)
-    if arr.ndim == 4:
-        if arr.shape[0] != 1:
-            raise ValueError(f"anomaly map must have one channel, got shape {tuple(arr.shape)}")
-        arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"anomaly map must be [1, X, Y, Z] or [X, Y, Z], got shape {tuple(arr.shape)}")
-    affine = getattr(anomaly_map, "affine", None)
-    if affine is None:
-        raise ValueError("anomaly map has no affine: pass a monai MetaTensor (e.g. the output of medad.io.load_series)")
-    affine = affine.detach().cpu().numpy() if isinstance(affine, torch.Tensor) else np.asarray(affine)
-    return arr, np.asarray(affine, dtype=np.float64)
 
 
 def _source_paths(source_files) -> list[str]:
@@ -112,7 +98,7 @@ def _read_sources(source_files):
 def _matched_volume(anomaly_map, datasets, geom):
     import highdicom as hd
 
-    arr, affine = _map_array_affine(anomaly_map)
+    arr, affine = _array_affine(anomaly_map, "anomaly map")
     vol = hd.Volume(array=arr, affine=affine, coordinate_system="PATIENT",
                     frame_of_reference_uid=datasets[0].FrameOfReferenceUID, from_reference_convention="RAS")
     try:
