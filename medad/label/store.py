@@ -28,15 +28,17 @@ _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def find_volumes(path: str | os.PathLike) -> list[Path]:
-    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of those (sorted, not recursive
-    beyond one level of series folders)."""
+    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of those (sorted; sub-folders count
+    as DICOM series folders when they hold files; MONAI Label's ``labels/`` folder is skipped)."""
     p = Path(path)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"{p} does not exist.")
     files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(_VOLUME_SUFFIXES))
-    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    # sub-folders are DICOM series; "labels" is MONAI Label's own bookkeeping inside a studies folder
+    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "labels"
+                     and any(f.is_file() for f in d.iterdir()))
     if files or subdirs:
         return files + subdirs
     return [p]  # a folder holding one DICOM series
