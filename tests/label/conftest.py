@@ -15,9 +15,10 @@ import pytest
 from labelkit import APP_SRC, write_phantom_nifti
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def studies_dir(tmp_path_factory) -> Path:
-    """A local datastore folder with three NIfTI studies (``case_a`` flipped, ``case_b``, ``case_n`` normal)."""
+    """A local datastore folder with three NIfTI studies (``case_a`` flipped, ``case_b``, ``case_n`` normal), fresh
+    for each test module (MONAI Label writes its labels and bookkeeping into it)."""
     d = tmp_path_factory.mktemp("studies")
     write_phantom_nifti(d / "case_a.nii.gz", seed=1, flip_x=True)
     write_phantom_nifti(d / "case_b.nii.gz", seed=2)
