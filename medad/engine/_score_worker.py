@@ -234,7 +234,7 @@ def _slices_last(mt, dim: int):
 
 def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, out: Path, dicom_out: bool,
                          stow: Optional[StowGate], overlays: int, thresholds: Sequence[float],
-                         seconds: dict[str, float]) -> mf.SeriesOutcome:
+                         seconds: dict[str, float], uid_salt: str = "") -> mf.SeriesOutcome:
     """Write one series' outputs, then its ``record.json`` (last). Never raises: errors become a failed record.
 
     Args:
@@ -242,6 +242,8 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
             loading or scoring failed; then only the record is written).
         volume: the source MetaTensor ``[1, X, Y, Z]`` (for overlays and DICOM references). result: the
             :class:`medad.engine.volume.VolumeResult` or None.
+        uid_salt: mixed into the PM/SEG UIDs (the settings hash): a rerun with the same settings rewrites the same
+            instances (a PACS keeps one copy), other settings give new instances instead of ignored duplicates.
     """
     from ..io.dicom_outputs import write_parametric_map, write_segmentation
     from ..io.writers import save_nifti, save_overlay_png
@@ -270,7 +272,7 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
                     old.unlink(missing_ok=True)
             sources = list(volume.meta.get("source_files") or [])
             if dicom_out and sources:
-                uid_base = ["medad-score", rec.key]
+                uid_base = ["medad-score", rec.key, uid_salt]  # same model + series: same UIDs (idempotent)
                 from pydicom.uid import generate_uid
 
                 outputs["pm"] = rel(write_parametric_map(

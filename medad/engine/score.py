@@ -359,7 +359,8 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
             finish(pending)  # keep at most one series in the writer: memory stays bounded
             pending = pool.submit(write_series_outputs, sdir, base, volume, result, out=out, dicom_out=dicom_out,
                                   stow=gate, overlays=overlays, thresholds=thresholds,
-                                  seconds={"load": round(load_s, 3), "score": round(time.perf_counter() - t, 3)})
+                                  seconds={"load": round(load_s, 3), "score": round(time.perf_counter() - t, 3)},
+                                  uid_salt=mf.config_hash(config))
         finish(pending)
     bar.close()
 

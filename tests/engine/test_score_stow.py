@@ -65,3 +65,7 @@ def test_stow_pm_and_seg_to_orthanc_and_retry_after_failure(export, orthanc, tin
     # a rerun sends nothing again and keeps the same instances (deterministic UIDs)
     s = score([export], out, detector=tiny_detector, workers=0, progress=False, exclude=["*/nifti/*"], stow=orthanc.dicomweb)
     assert s.n_reused == 4 and len(orthanc.get("/instances")) == 8
+    # other settings (here top_k) make new PM/SEG instances instead of duplicates a PACS would ignore
+    s = score([export], out, detector=tiny_detector, workers=0, progress=False, exclude=["*/nifti/*"],
+              stow=orthanc.dicomweb, top_k=2, overwrite=True)
+    assert (s.n_scored, s.n_reused) == (4, 0) and len(orthanc.get("/instances")) == 16
