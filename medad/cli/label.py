@@ -42,6 +42,14 @@ def default_app_dir() -> Optional[Path]:
     return None
 
 
+def _generated_app_dir() -> Path:
+    """A minimal app under ``$MEDAD_HOME/label_app`` for installs without the repository's ``apps/``."""
+    from medad.label.app import write_minimal_app
+    from medad.weights import cache_dir
+
+    return Path(write_minimal_app(cache_dir() / "label_app"))
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``label`` sub-command to an ``argparse`` sub-parser collection and return its parser."""
     p = subparsers.add_parser("label", help="serve anomaly maps to 3D Slicer / OHIF (MONAI Label server)",
@@ -54,7 +62,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", "-s", required=True,
                    help="folder of NIfTI/NRRD volumes, or a DICOMweb root such as http://127.0.0.1:8042/dicom-web")
-    p.add_argument("--app", "-a", default=None, help="MONAI Label app folder (default: apps/medad_label)")
+    p.add_argument("--app", "-a", default=None,
+                   help="MONAI Label app folder (default: the checkout's apps/medad_label, else a minimal generated "
+                        "app in $MEDAD_HOME/label_app)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", "-p", type=int, default=8000, help="HTTP port (default 8000)")
     g = p.add_argument_group("model (each maps to --conf KEY VALUE, see docs/monailabel.md)")
@@ -80,10 +90,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_server_argv(args: argparse.Namespace) -> list[str]:
     """The ``monailabel start_server`` argument list for parsed ``medad label`` arguments."""
-    app = args.app or default_app_dir()
-    if app is None or not (Path(app) / "main.py").is_file():
-        raise SystemExit(f"medad label: no MONAI Label app at {app or 'apps/medad_label'}; pass --app <folder with "
-                         "main.py> (the repository ships apps/medad_label).")
+    app = args.app or default_app_dir() or _generated_app_dir()
+    if not (Path(app) / "main.py").is_file():
+        raise SystemExit(f"medad label: no MONAI Label app at {app}: pass --app <folder with main.py> (the "
+                         "repository ships apps/medad_label).")
     conf: dict[str, str] = {"zoo_source": "local"}
     for attr, key in _CONF_OPTIONS.items():
         value = getattr(args, attr, None)

@@ -159,3 +159,14 @@ def test_support_studies_build_the_memory_bank_at_start(tmp_path, studies_dir):
     assert runner.top_k == cfg.top_k and det.thresholds == (0.3, 0.5, 0.7)
     cfg = LabelConfig.from_conf(str(tmp_path), {**TEST_CONF, "support": str(studies_dir), "shots": "1"})
     assert len(DetectorStore(cfg).get()[0].memory_bank) == 3 * 17 * 17  # one slice of each of the 3 studies
+
+
+def test_generated_minimal_app_serves_the_same_model(tmp_path, studies_dir):
+    from medad.label.app import write_minimal_app
+
+    app = write_minimal_app(tmp_path / "label_app")  # what `medad label` uses without the repository's apps/
+    with label_client(app, studies_dir, TEST_CONF, tmp_path) as c:
+        assert c.get("/info/").json()["models"]["anomaly"]["dimension"] == 3
+        r = c.post("/infer/anomaly?image=case_b&output=json")
+        assert r.status_code == 200 and len(r.json()["slice_scores"]) == 12
+        assert "anomaly" in c.get("/info/").json()["trainers"]
