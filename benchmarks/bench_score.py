@@ -153,13 +153,13 @@ def main() -> None:
         f"{n_files} files, {n_slices} slices; tiny backbone (random init, the speed is that of any adapters), "
         f"slice batch {args.batch_size}; each run from scratch (index + decode + score + NIfTI/PNG writes + tables) "
         "in a fresh process. `workers` = DICOM decoding processes (0 = decode in the main process, no overlap).", "",
-        "| workers | wall s | series/min | slices/s | CPU s (all processes) | decode / model / write s "
+        "| workers | wall s | series/min | slices/s | vs first row | CPU s (all processes) | decode / model / write s "
         "| peak RSS main process (MB) | peak PSS main + workers (MB) | load avg |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['workers']} | {r['seconds']:.1f} | {60 * r['series'] / r['seconds']:.1f} | "
-                     f"{r['slices'] / r['seconds']:.1f} | {r['cpu_s']:.0f} | "
+                     f"{r['slices'] / r['seconds']:.1f} | {rows[0]['seconds'] / r['seconds']:.2f}x | {r['cpu_s']:.0f} | "
                      f"{r['stages']['load']:.1f} / {r['stages']['score']:.1f} / {r['stages']['write']:.1f} | "
                      f"{r['rss_main_mb']:.0f} | "
                      f"{r['pss_total_mb']:.0f} | {r['load']:.1f} |")
