@@ -146,3 +146,15 @@ def test_dry_run_plans_without_scoring(export, tiny_detector, tmp_path):
     assert statuses == {"pending", "skipped", "failed"}  # failed: the truncated file
     assert {r["status"] for r in _results(out)} == {"pending"}
 
+
+
+def test_cli_exit_codes(export, tmp_path, capsys):
+    from medad.cli import main
+
+    common = ["--adapters", "none", "--backbone", "tiny", "--no-progress", "--workers", "0"]
+    assert main(["score", str(export / "missing"), "--out", str(tmp_path / "a"), *common]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
+    assert main(["score", str(export / "study1"), "--out", str(tmp_path / "b"), "--dry-run", *common]) == 0
+    assert "dry run: 3 series (20 files) would be scored" in capsys.readouterr().out
+    assert main(["score", str(export / "study1/head"), "--out", str(tmp_path / "c"), *common]) == 0
+    assert "1 scored (0 from an earlier run), 0 failed" in capsys.readouterr().out
