@@ -70,6 +70,7 @@ class DetectorStore:
         self._detector = None
         self._runner = None
         self._loaded_mtime: Optional[float] = None
+        self._site_in_use = False
 
     # ------------------------------------------------------------------ building
     def _site_mtime(self) -> Optional[float]:
@@ -78,12 +79,48 @@ class DetectorStore:
         except OSError:
             return None
 
+    def base_id(self) -> str:
+        """Digest of what the reviewer loop builds on (backbone, weights, adapters file, object name, support studies,
+        shots); stored in the site checkpoint so a checkpoint grown from other options is not used by mistake."""
+        import hashlib
+
+        from medad.weights import sha256_file
+
+        cfg = self.config
+        adapters = cfg.adapters if cfg.adapters in (None, "demo") else sha256_file(cfg.adapters)
+        support = ([(p.name, p.stat().st_size if p.is_file() else len(list(p.iterdir())))
+                    for p in find_volumes(cfg.support)] if cfg.support else None)
+        parts = {"backbone": cfg.backbone, "weights": os.path.basename(cfg.weights or ""), "adapters": adapters,
+                 "object_name": cfg.object_name, "support": support, "shots": cfg.shots}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _site_usable(self) -> bool:
+        """The site checkpoint exists and was grown from the current options (else it is ignored, with a warning)."""
+        if self._site_mtime() is None:
+            return False
+        from medad.checkpoints import CheckpointError, read_checkpoint
+
+        try:
+            provenance = (read_checkpoint(self.config.site_checkpoint).get("medad") or {}).get("provenance") or {}
+        except CheckpointError as e:
+            logger.warning("ignoring the site checkpoint: %s", e)
+            return False
+        if provenance.get("site_base") != self.base_id():
+            logger.warning("ignoring the site checkpoint %s: it was grown from other adapters/backbone/support "
+                           "options than the current ones; run the train task again to rebuild it",
+                           self.config.site_checkpoint)
+            return False
+        return True
+
     def build(self, use_site: bool = True):
-        """A fresh detector: the site checkpoint if present (and ``use_site``), else ``adapters`` + ``support``."""
+        """A fresh detector: the site checkpoint if present, grown from the current options and ``use_site``; else
+        ``adapters`` + ``support``."""
         import medad
 
         cfg = self.config
-        site = use_site and self._site_mtime() is not None
+        site = use_site and self._site_usable()
+        if use_site:
+            self._site_in_use = site
         det = medad.load_detector(backbone=cfg.backbone, weights=cfg.weights,
                                   adapters=cfg.site_checkpoint if site else cfg.adapters,
                                   object_name=cfg.object_name, device=cfg.device, precision=cfg.precision)
@@ -160,7 +197,7 @@ class DetectorStore:
         bank = det.memory_bank
         return {"backbone": det.backbone, "object_name": det.object_name, "thresholds": list(det.thresholds),
                 "memory_bank_tokens": len(bank) if bank is not None else 0,
-                "site_checkpoint": os.path.exists(self.config.site_checkpoint)}
+                "site_checkpoint": bool(self._site_in_use)}
 
 
 class _InputRecorder:

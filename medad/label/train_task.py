@@ -105,7 +105,8 @@ class NormalBankTrainTask(TrainTask):
         det.memory_bank = merge_banks([det.memory_bank, self.store.bank_from(det, sources)])
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         save_checkpoint(det, self.app_config.site_checkpoint,
-                        extra={"site_normals": len(sources), "site_normals_sha256": digest})
+                        extra={"site_normals": len(sources), "site_normals_sha256": digest,
+                               "site_base": self.store.base_id()})
         self._stats = {"normal_studies": len(sources), "base_bank_tokens": base_tokens,
                        "bank_tokens": len(det.memory_bank), "seconds": round(time.time() - start, 2),
                        "ts": int(time.time())}

@@ -132,6 +132,15 @@ def test_reviewer_loop_adds_normals_to_the_memory_bank(app_dir, studies_dir, tmp
         # idempotent: training again rebuilds from the configured adapters, it does not add the study twice
         assert c.post("/train/anomaly?run_sync=true").json()["bank_tokens"] == stats["bank_tokens"]
 
+    # a restart with the same options uses the grown bank; with other options the site checkpoint is ignored
+    from medad.label.config import LabelConfig
+    from medad.label.store import DetectorStore
+
+    same = DetectorStore(LabelConfig.from_conf(str(app_dir), TEST_CONF))
+    assert len(same.get()[0].memory_bank) == stats["bank_tokens"] and same.info()["site_checkpoint"] is True
+    other = DetectorStore(LabelConfig.from_conf(str(app_dir), {**TEST_CONF, "shots": "3"}))
+    assert other.get()[0].memory_bank is None and other.info()["site_checkpoint"] is False
+
 
 def test_conf_errors_name_the_option(tmp_path):
     from medad.label.config import ConfigError, LabelConfig
