@@ -274,13 +274,6 @@ def score(
 
         detector = medad.load_detector(backbone=backbone, weights=weights, adapters=adapters,
                                        object_name=object_name, device=str(dev), precision=precision)
-        if adapters is not None:
-            from ..factory import DEMO_ADAPTERS
-            from ..weights import sha256_file
-
-            detector.metadata.setdefault("adapters_source", str(adapters))
-            detector.metadata.setdefault("adapters_sha256", sha256_file(
-                DEMO_ADAPTERS if str(adapters) == "demo" else adapters))
     config = mf.run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
                          dicom_out=dicom_out)
 
