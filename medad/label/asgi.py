@@ -1,7 +1,8 @@
 """ASGI entry point: ``monailabel start_server ... --uvicorn_app medad.label.asgi:app``.
 
-Installs the pydicom-3 shim (see :mod:`medad.label.compat`), imports MONAI Label's FastAPI ``app`` and adds handlers
-so client mistakes get 4xx answers instead of 500 (see :mod:`medad.label.errors`).
+Installs the pydicom-3 shim (see :mod:`medad.label.compat`), imports MONAI Label's FastAPI ``app``, adds handlers
+so client mistakes get 4xx answers instead of 500 (see :mod:`medad.label.errors`), and makes ``output=dicom_seg``
+convert labels with highdicom instead of dcmqi (:func:`medad.label.datastore.nifti_to_dicom_seg`).
 """
 
 from medad.label.compat import install_pydicom_shim
@@ -10,8 +11,14 @@ install_pydicom_shim()
 
 from monailabel.app import app  # noqa: E402
 
+import monailabel.endpoints.infer as _infer_endpoint  # noqa: E402
+
+from medad.label.datastore import nifti_to_dicom_seg  # noqa: E402
 from medad.label.errors import install_exception_handlers  # noqa: E402
 
 install_exception_handlers(app)
+# POST /infer/<model>?output=dicom_seg converts the label with dcmqi (downloaded from GitHub, absent offline):
+# use the highdicom conversion instead.
+_infer_endpoint.nifti_to_dicom_seg = nifti_to_dicom_seg
 
 __all__ = ["app"]

@@ -14,7 +14,9 @@ import logging
 import os
 import pathlib
 import tempfile
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -26,19 +28,61 @@ from monailabel.datastore.dicom import DICOMWebDatastore  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.datastore import DefaultLabelTag  # noqa: E402
 
-__all__ = ["MedadDICOMWebDatastore", "segment_names"]
+__all__ = ["MedadDICOMWebDatastore", "label_to_dicom_seg", "nifti_to_dicom_seg", "segment_names"]
 
 logger = logging.getLogger(__name__)
 
 
-def segment_names(label_info: Any, n: int) -> list[str]:
-    """Names of label values ``1..n`` from MONAI Label's ``label_info`` (``[{"name", "idx"}, ...]``, as 3D Slicer
-    and OHIF send it), ``segment_<k>`` where it has none."""
-    names = {}
-    for item in label_info or []:
-        if isinstance(item, dict) and "name" in item and "idx" in item:
-            names[int(item["idx"])] = str(item["name"])
-    return [names.get(k, f"segment_{k}") for k in range(1, n + 1)]
+def segment_names(label_info: Any, values: Sequence[int]) -> list[str]:
+    """Names of the label ``values`` (sorted, > 0) from MONAI Label's ``label_info``.
+
+    ``label_info`` is a list of ``{"name": ..., "idx": ...}`` (3D Slicer, OHIF) or of ``{"name": ...}`` in the order
+    of the label values (MONAI Label's ``output=dicom_seg``); values without a name get ``segment_<value>``.
+    """
+    items = [i for i in (label_info or []) if isinstance(i, dict) and "name" in i]
+    by_idx = {int(i["idx"]): str(i["name"]) for i in items if "idx" in i}
+    if not by_idx and items:
+        by_idx = {v: str(i["name"]) for v, i in zip(values, items)}
+    return [by_idx.get(v, f"segment_{v}") for v in values]
+
+
+def label_to_dicom_seg(series_dir: str | os.PathLike, label_file: str | os.PathLike, label_info: Any,
+                       out_path: str | os.PathLike, series_description: str = "Reviewed label (MONAI Label)",
+                       series_number: int = 903) -> Optional[Path]:
+    """Write a label map file (on the grid of the series in ``series_dir``) as a BINARY DICOM SEG with highdicom.
+
+    Every call gets new UIDs (a resubmitted label is a new series). Returns None for an all-empty label.
+    """
+    import medad.io
+    from monai.data import MetaTensor
+    from pydicom.uid import generate_uid
+
+    label = medad.io.load_volume(label_file)
+    values = np.rint(label.numpy()).astype(np.int64)
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{label_file}: label values must be 0..255, found {values.min()}..{values.max()}")
+    present = [int(v) for v in np.unique(values) if v > 0]
+    if not present:
+        return None
+    # SEG segments are numbered 1..n: renumber the present values in order (names follow them)
+    lut = np.zeros(int(values.max()) + 1, dtype=np.uint8)
+    lut[present] = np.arange(1, len(present) + 1)
+    graded = MetaTensor(lut[values].astype(np.uint8), affine=label.affine)
+    sources = sorted(str(p) for p in Path(series_dir).iterdir() if p.is_file())
+    return medad.io.write_segmentation(graded, sources, out_path, labels=segment_names(label_info, present),
+                                       series_description=series_description, series_number=series_number,
+                                       series_uid=generate_uid(), sop_instance_uid=generate_uid())
+
+
+def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True) -> str:
+    """Drop-in for ``monailabel.datastore.utils.convert.nifti_to_dicom_seg`` without dcmqi (``output=dicom_seg``)."""
+    fd, out = tempfile.mkstemp(suffix=".dcm", prefix="medad_seg_")
+    os.close(fd)
+    if label_to_dicom_seg(series_dir, label, label_info, out, series_description="Anomaly segmentation (MONAI Label)",
+                          series_number=904) is None:
+        os.unlink(out)
+        raise ValueError("the label is empty: there is no segment to write as DICOM SEG")
+    return out
 
 
 class MedadDICOMWebDatastore(DICOMWebDatastore):
@@ -68,37 +112,30 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
-        if label_tag != DefaultLabelTag.FINAL or "".join(pathlib.Path(label_filename).suffixes) == ".bin":
+        if label_tag != DefaultLabelTag.FINAL:
             return super().save_label(image_id, label_filename, label_tag, label_info)  # no dcmqi involved
         import medad.io
+        import pydicom
 
-        self.get_image_uri(image_id)  # downloads the series into the cache if needed
+        image_uri = self.get_image_uri(image_id)  # downloads the series into the cache if needed
+        if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # raw mask from OHIF: onto the image grid
+            from monailabel.datastore.utils.convert import binary_to_image
+
+            converted = binary_to_image(image_uri, label_filename)
+            try:
+                return self.save_label(image_id, converted, label_tag, label_info)
+            finally:
+                os.unlink(converted)
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
-        label = medad.io.load_volume(label_filename)
-        values = np.rint(label.numpy()).astype(np.int64)
-        if values.min() < 0 or values.max() > 255:
-            raise ValueError(f"label values must be 0..255, found {values.min()}..{values.max()}")
         info = dict(label_info or {})
-        if values.max() > 0:
-            from monai.data import MetaTensor
-
-            graded = MetaTensor(values.astype(np.uint8), affine=label.affine)
-            sources = sorted(str(p) for p in pathlib.Path(image_dir).iterdir() if p.is_file())
-            names = segment_names(info.get("label_info"), int(values.max()))
-            from pydicom.uid import generate_uid
-
-            with tempfile.TemporaryDirectory(prefix="medad_seg_") as tmp:  # new UIDs: every submission is kept
-                seg = medad.io.write_segmentation(graded, sources, os.path.join(tmp, "label_seg.dcm"), labels=names,
-                                                  series_description="Reviewed label (MONAI Label)",
-                                                  series_number=903, series_uid=generate_uid(),
-                                                  sop_instance_uid=generate_uid())
+        with tempfile.TemporaryDirectory(prefix="medad_seg_") as tmp:
+            seg = label_to_dicom_seg(image_dir, label_filename, info.get("label_info"), Path(tmp) / "label_seg.dcm")
+            if seg is None:
+                logger.info("empty label for %s: kept in the local cache, no SEG sent to the PACS", image_id)
+            else:
                 medad.io.stow(self._client.base_url, [seg], client=self._client)
-                import pydicom
-
                 ds = pydicom.dcmread(seg, stop_before_pixels=True)
-            image_info = self.get_image_info(image_id)
-            info.update({"SeriesInstanceUID": str(ds.SeriesInstanceUID), "Modality": image_info.get("Modality"),
-                         "StudyInstanceUID": image_info.get("StudyInstanceUID")})
-        else:
-            logger.info("empty label for %s: kept in the local cache, no SEG sent to the PACS", image_id)
+                image_info = self.get_image_info(image_id)
+                info.update({"SeriesInstanceUID": str(ds.SeriesInstanceUID), "Modality": image_info.get("Modality"),
+                             "StudyInstanceUID": image_info.get("StudyInstanceUID")})
         return LocalDatastore.save_label(self, image_id, label_filename, label_tag, info)

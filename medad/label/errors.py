@@ -19,7 +19,12 @@ __all__ = ["BadRequest", "NotFound", "install_exception_handlers", "status_for"]
 logger = logging.getLogger(__name__)
 
 # MONAI Label answers these client mistakes with a 500; they are the client's fault (-> 400).
-_CLIENT_500_DETAILS = ("Neither Image nor File not Session ID input is provided",)
+_CLIENT_500_DETAILS = {
+    "Neither Image nor File not Session ID input is provided":
+        "No input given: pass ?image=<image id from /datastore/?output=all>, or upload a file.",
+    "DICOM SEG format is not supported in a non-DICOM datastore":
+        "output=dicom_seg needs a DICOMweb datastore (--studies http://.../dicom-web); use output=image or json.",
+}
 
 
 
@@ -78,9 +83,8 @@ def install_exception_handlers(app) -> None:
                       "e.g. params={\"result_extension\": \".nrrd\", \"result_dtype\": \"uint8\"}."})
 
     async def on_http_error(request, exc):
-        if exc.status_code == 500 and exc.detail in _CLIENT_500_DETAILS:
-            return JSONResponse(status_code=400, content={
-                "detail": "No input given: pass ?image=<image id from /datastore/?output=all>, or upload a file."})
+        if exc.status_code == 500 and isinstance(exc.detail, str) and exc.detail in _CLIENT_500_DETAILS:
+            return JSONResponse(status_code=400, content={"detail": _CLIENT_500_DETAILS[exc.detail]})
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(MONAILabelException, on_monailabel_error)

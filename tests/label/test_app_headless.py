@@ -95,6 +95,8 @@ def test_infer_nrrd_label_matches_input_geometry_and_map(client, studies_dir, tm
     ("/infer/anomaly?image=case_a&output=image", {"params": '{"result_extension": ".exe"}'}, 400,
      "result_extension"),
     ("/infer/anomaly?image=case_a&output=image", {"params": '{"result_dtype": "banana"}'}, 400, "result_dtype"),
+    ("/infer/anomaly?image=case_a&output=dicom_seg", {"params": '{"label_info": [{"name": "a"}]}'}, 400,
+     "needs a DICOMweb datastore"),
 ])
 def test_bad_requests_get_4xx_with_a_clear_message(client, url, data, status, words):
     r = client.post(url, data=data)

@@ -88,6 +88,18 @@ def test_infer_on_orthanc_series_stores_parametric_map_and_seg(server, pacs, ct_
     assert int(pm_meta.NumberOfFrames) == SHAPE[2]
     assert (pm_meta.Rows, pm_meta.Columns) == (SHAPE[1], SHAPE[0])
 
+    # output=dicom_seg (MONAI Label converts the label with dcmqi, not installed here): SEG written with highdicom
+    r = requests.post(f"{server}/infer/anomaly", params={"image": series_uid, "output": "dicom_seg"},
+                      data={"params": json.dumps({"write_dicom": False, "thresholds": [0.05, 0.1, 0.15],
+                                                  "label_info": [{"name": "low"}, {"name": "mid"}, {"name": "high"}]})},
+                      timeout=300)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom", r.text[:500]
+    (tmp_path / "seg.dcm").write_bytes(r.content)
+    seg_file = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg_file.SOPClassUID == pydicom.uid.SegmentationStorage
+    assert {s.SegmentLabel for s in seg_file.SegmentSequence} <= {"low", "mid", "high"}
+    assert seg_file.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+
     # the graded label for the viewer: uint8 .nrrd on the grid of the series (as MONAI Label converted it)
     r = requests.post(f"{server}/infer/anomaly", params={"image": series_uid, "output": "image"},
                       data={"params": json.dumps({"result_extension": ".nrrd", "result_dtype": "uint8",
