@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -171,11 +172,24 @@ class _Plan:
     error: str = ""
 
 
+def _without_outputs(index: SeriesIndex, out: Path) -> SeriesIndex:
+    """Drop the files inside the output folder (``--out`` inside an input): our own maps are not inputs, and the
+    tables must not change between the first run and a rerun."""
+    prefix = str(out.resolve()) + os.sep
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)  # one call per folder, symlinks resolved
+    inside = {f.path for f in index.files if (real(os.path.dirname(f.path)) + os.sep).startswith(prefix)}
+    if not inside:
+        return index
+    log.info("ignoring %d files inside the output folder %s", len(inside), out)
+    return SeriesIndex(series=[s for s in index.series if not all(f in inside for f in s.files)],
+                       files=[f for f in index.files if f.path not in inside])
+
+
 def _make_plan(inputs, out: Path, config: dict, *, modality, body_part, series_description, exclude, overwrite,
                retry_failed, stow, progress) -> _Plan:
     mf.check_run_config(out, config, overwrite)  # before indexing: a big export takes a while to index
     mf.remove_stale_temporaries(out)
-    index = find_series(inputs, progress=progress)
+    index = _without_outputs(find_series(inputs, progress=progress), out)
     selected, filtered = select_series(index.series, modality, body_part, series_description, exclude)
     digest = mf.config_hash(config)
     dirs = {s.key: mf.series_dir_name(s.key, s.modality, s.series_number) for s in index.series}

@@ -158,3 +158,17 @@ def test_cli_exit_codes(export, tmp_path, capsys):
     assert "dry run: 3 series (20 files) would be scored" in capsys.readouterr().out
     assert main(["score", str(export / "study1/head"), "--out", str(tmp_path / "c"), *common]) == 0
     assert "1 scored (0 from an earlier run), 0 failed" in capsys.readouterr().out
+
+
+def test_output_folder_inside_the_input_is_not_indexed(export, tiny_detector, tmp_path):
+    import shutil
+
+    src = tmp_path / "in"
+    shutil.copytree(export / "study1/head", src)
+    out = src / "results"
+    first = score([src], out, detector=tiny_detector, workers=0, progress=False, dicom_out=True)
+    tables = {n: (out / n).read_bytes() for n in ("results.csv", "manifest.jsonl")}
+    again = score([src], out, detector=tiny_detector, workers=0, progress=False, dicom_out=True)
+    assert (first.n_files, first.n_series, again.n_series, again.n_reused) == (8, 1, 1, 1)
+    assert {n: (out / n).read_bytes() for n in tables} == tables
+
