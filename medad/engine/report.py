@@ -67,7 +67,7 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
     for rank, o in enumerate(ok, start=1):
         s = o.series
         thumbs = "".join(
-            f'<a href="{_e(p)}"><img src="{_e(p)}" alt="slice {k}" title="slice {k} score {sc:.3f}"></a>'
+            f'<a href="{_e(p)}"><img loading=lazy src="{_e(p)}" alt="slice {k}" title="slice {k} score {sc:.3f}"></a>'
             for p, k, sc in zip(o.outputs.get("pngs", []), o.top_slices, o.top_slice_scores))
         nifti = o.outputs.get("nifti")
         links = f'<a href="{_e(nifti)}">map</a>' if nifti else ""

@@ -340,10 +340,13 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
     pending: Optional[Future] = None
     gate = StowGate(stow) if stow else None
 
+    counts: dict[str, int] = {}
+
     def finish(fut: Optional[Future]) -> None:
         if fut is not None:
             rec = fut.result()  # write_series_outputs never raises: errors become failed records
-            bar.set_postfix_str(f"last {rec.status}", refresh=False)
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+            bar.set_postfix(counts, refresh=False)
             bar.update(1)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medad-writer") as pool:
