@@ -6,7 +6,7 @@ parses and checks them once, at start-up, so a typo fails the start with a messa
 ============================  ====================================================================================
 option                        meaning (default)
 ============================  ====================================================================================
-``backbone``                  open_clip backbone config: ``ViT-L-14-336`` (default) or ``tiny`` (tests, CPU demos)
+``backbone``                  ``ViT-L-14-336`` or ``tiny`` (tests, CPU demos); default: the adapters' backbone, else ViT-L-14-336
 ``weights``                   backbone weights file (OpenAI ``.pt``, open_clip state dict, safetensors); none = the
                               one imported with ``medad weights import`` (or random init for ``tiny``)
 ``adapters``                  MVFA/medad adapter checkpoint (carries thresholds, normalizers, memory bank), or
@@ -98,7 +98,7 @@ class LabelConfig:
     """Parsed app options (see the module docstring for each one)."""
 
     app_dir: str
-    backbone: str = "ViT-L-14-336"
+    backbone: Optional[str] = None  # None: the adapters checkpoint's backbone, else ViT-L-14-336
     weights: Optional[str] = None
     adapters: Optional[str] = None
     object_name: Optional[str] = None

@@ -129,7 +129,8 @@ def main(argv=None) -> int:
     import pydicom
     import requests
 
-    conf = {**TEST_CONF, **dict(kv.split("=", 1) for kv in args.conf)}
+    user = dict(kv.split("=", 1) for kv in args.conf)
+    conf = {"device": "cpu", **user} if user else dict(TEST_CONF)
     args.out.mkdir(parents=True, exist_ok=True)
     files = sorted(glob.glob(os.path.join(args.series, "*.dcm")))
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)

@@ -156,6 +156,7 @@ def test_conf_errors_name_the_option(tmp_path):
     cfg = LabelConfig.from_conf(str(tmp_path), {"adapters": "demo", "shots": "8", "runner.batch_size": "4",
                                                 "zoo_source": "local"})
     assert cfg.adapters == "demo" and cfg.shots == 8 and cfg.runner_options == {"batch_size": 4}
+    assert cfg.backbone is None  # the adapters checkpoint decides (medad.load_detector)
     assert cfg.site_checkpoint == str(tmp_path / "model" / "site_adapters.pt")
 
 
