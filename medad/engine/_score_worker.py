@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import SeriesRecord, load_series
 from . import manifest as mf
 
-__all__ = ["SeriesLoader", "StowGate", "label_map_reason", "run_with_backoff", "balanced_shards", "default_batch_size", "default_workers",
+__all__ = ["SeriesLoader", "StowGate", "check_shared_memory", "label_map_reason", "run_with_backoff", "balanced_shards", "default_batch_size", "default_workers",
            "write_series_outputs"]
 
 log = logging.getLogger("medad.engine.score")
@@ -100,7 +102,8 @@ class SeriesLoader:
             if "DataLoader worker" not in str(e):
                 raise
             return (self.records[i], None, "WorkerCrash: the decoding process died on this series "
-                    f"({' '.join(str(e).split())[:200]})", 0.0)
+                    f"({' '.join(str(e).split())[:200]}). If many series fail like this, /dev/shm may be too small "
+                    "for the volumes (Docker: --shm-size 4g) or memory is short: try --workers 0.", 0.0)
 
     def __iter__(self) -> Iterator[tuple[SeriesRecord, Any, str, float]]:
         remaining = list(range(len(self.records)))
@@ -126,6 +129,20 @@ class SeriesLoader:
                 log.warning("a decoding process died (%s); retrying series %s alone, then %d more",
                             " ".join(str(e).split())[:200], self.records[remaining[0]].key, len(remaining) - 1)
                 yield self._alone(remaining.pop(0))
+
+
+def check_shared_memory(records: Sequence[SeriesRecord], workers: int, path: str = "/dev/shm") -> str:
+    """A warning when decoded volumes may not fit in shared memory (worker processes hand volumes over through
+    ``/dev/shm``; Docker's default is 64 MB), else ``""``."""
+    if workers <= 0 or not records or not os.path.isdir(path):
+        return ""
+    largest = max(int(np.prod(r.shape)) * 4 if r.shape else 0 for r in records)
+    free = shutil.disk_usage(path).free
+    if largest and free < 2 * (workers + 1) * largest:
+        return (f"{path} has {free / 2**20:.0f} MB free but decoded volumes take up to {largest / 2**20:.0f} MB each "
+                f"and {workers} decoding workers keep some in flight: decoding may crash (Docker: --shm-size 4g) "
+                "or use --workers 0")
+    return ""
 
 
 def run_with_backoff(runner, volume):

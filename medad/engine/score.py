@@ -48,7 +48,8 @@ import torch
 
 from ..io import SeriesIndex, SeriesRecord, find_series
 from . import manifest as mf
-from ._score_worker import SeriesLoader, balanced_shards, default_batch_size, default_workers, run_with_backoff
+from ._score_worker import (SeriesLoader, balanced_shards, check_shared_memory, default_batch_size, default_workers,
+                            run_with_backoff)
 from .report import write_report
 
 __all__ = ["ScoreSummary", "ScoreConfigError", "score", "select_series"]
@@ -313,6 +314,9 @@ def score(
         nworkers = default_workers() if workers is None else int(workers)
         log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
                  info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
+        shm_warning = check_shared_memory(mine, nworkers)
+        if shm_warning and not dry_run:
+            log.warning(shm_warning)
         if mine and not dry_run:
             _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
                          workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])

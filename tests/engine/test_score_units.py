@@ -115,3 +115,16 @@ def test_model_digest_identifies_the_model(tiny_detector):
     with torch.no_grad():
         next(other.model.adapters.parameters()).add_(1e-4)
     assert model_digest(other) != model_digest(tiny_detector)
+
+
+def test_shared_memory_warning(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(64 << 20, 0, 64 << 20))  # Docker's default /dev/shm
+    big = [_rec("a", 600)]
+    big[0] = SeriesRecord(**{**big[0].__dict__, "shape": (512, 512, 600)})
+    assert "--shm-size" in sw.check_shared_memory(big, workers=2, path=str(tmp_path))
+    assert sw.check_shared_memory(big, workers=0, path=str(tmp_path)) == ""
+    assert sw.check_shared_memory([_rec("b", 4)], workers=2, path=str(tmp_path)) == ""
