@@ -2,17 +2,20 @@
 
 Layout of an output folder::
 
-    OUT/run.json                         settings that change the outputs (model, intensity, thresholds...)
+    OUT/run.json                         settings that change the outputs (model digest, intensity, top-k...)
+    OUT/run.lock                         held (flock) while a run writes here
     OUT/series/<dir>/anomaly_map.nii.gz  float32 map in the source geometry
     OUT/series/<dir>/top1_slice0012.png  overlays of the most anomalous slices
     OUT/series/<dir>/pm.dcm, seg.dcm     DICOM Parametric Map + BINARY SEG (``--dicom-out``)
-    OUT/series/<dir>/record.json         written LAST, atomically: the series is done (ok or failed)
+    OUT/series/<dir>/record.json         written LAST, atomically: the series is done (ok, failed or skipped)
     OUT/results.csv                      one row per series     } regenerated from the index and the records
     OUT/manifest.jsonl                   one line per input file } at the end of every run (also after a resume)
     OUT/report.html                      series by score with thumbnails
+    OUT/summary.json                     counts of the last run (and its wall time)
 
-A series counts as done only when its ``record.json`` exists with ``status == "ok"`` and was made from the same input
-files (paths, sizes, mtimes) with the same settings (:func:`series_fingerprint`). Every other file is written
+A series counts as done only when its ``record.json`` exists with status ``ok`` or ``skipped`` (``failed`` ones are
+retried unless asked not to) and was made from the same input files (paths, sizes, mtimes) with the same settings
+(:func:`series_fingerprint`). Every other file is written
 atomically (temporary name + ``os.replace``), so a run killed at any point (even ``kill -9``) leaves complete files or
 none, and a rerun redoes exactly the series without a valid record: nothing is lost or duplicated.
 
