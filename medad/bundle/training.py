@@ -184,6 +184,7 @@ def make_demo_dataset(root: str | os.PathLike, name: str = "Brain_AD", seed: int
     Returns:
         ``<root>/<name>``.
     """
+    from monai.data import MetaTensor
     from PIL import Image
 
     from ..data import make_mr_phantom
@@ -198,8 +199,6 @@ def make_demo_dataset(root: str | os.PathLike, name: str = "Brain_AD", seed: int
         split = "valid" if i < n_volumes // 2 else "test"
         img, mask, affine = make_mr_phantom(seed + i, shape)
         vol = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
-        from monai.data import MetaTensor
-
         ranges = intensity.ranges(MetaTensor(vol[None], affine=torch.as_tensor(affine), meta={"modality": "MR"}))
         slices = _slices_240(vol, affine, ranges, view, size, "bicubic")
         masks = _slices_240(torch.from_numpy(mask.astype(np.float32)), affine, None, view, size, "nearest") > 0.5
