@@ -92,6 +92,10 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
     def like(cls, other: DICOMWebDatastore) -> "MedadDICOMWebDatastore":
         """The same datastore (client with its credentials, search filter, cache, options) as this class."""
         cache = os.path.dirname(other._datastore_path)  # <cache_path>/<md5(url)>
+        observer = getattr(other, "_observer", None)  # the replaced instance's file watcher would run on forever
+        if observer is not None:
+            observer.stop()
+            observer.join(5)
         return cls(client=other._client, search_filter=other._search_filter, cache_path=cache,
                    fetch_by_frame=other._fetch_by_frame, convert_to_nifti=other._convert_to_nifti)
 
