@@ -33,7 +33,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
 from .errors import BadRequest, NotFound
-from .store import DetectorStore
+from .store import DetectorStore, volume_source
 
 __all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "quantize", "reference_geometry", "to_reference_grid"]
 
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 #: Datastore label tag under which the continuous float32 map is saved.
 ANOMALY_MAP_TAG = "anomaly_map"
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
@@ -145,22 +144,6 @@ def write_label(label: MetaTensor, extension: str, dtype: np.dtype, compress: bo
     return path
 
 
-def _dicom_source(image: str) -> str:
-    """The DICOM series folder behind ``image`` when there is one, else ``image``.
-
-    A DICOMweb datastore caches a series as ``<cache>/<SeriesInstanceUID>/`` (DICOM files) next to
-    ``<cache>/<SeriesInstanceUID>.nii.gz`` (what MONAI Label hands to the task); reading the DICOM folder keeps the
-    source instances, which the Parametric Map and SEG must reference.
-    """
-    if os.path.isfile(image):
-        for suffix in _IMAGE_SUFFIXES:
-            if image.endswith(suffix):
-                folder = image[: -len(suffix)]
-                if os.path.isdir(folder) and any(os.scandir(folder)):
-                    return folder
-    return image
-
-
 def _as_bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -232,7 +215,7 @@ class AnomalyInferTask(BasicInferTask):
     def _load(self, data: dict[str, Any]) -> dict[str, Any]:
         from medad.io import load_volume
 
-        source = _dicom_source(data["image"])
+        source = volume_source(data["image"])
         try:
             data["volume"] = load_volume(source)
         except (ValueError, FileNotFoundError) as e:  # medad.io.SeriesLoadError is a ValueError

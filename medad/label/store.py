@@ -20,7 +20,7 @@ import torch
 
 from .config import LabelConfig
 
-__all__ = ["DetectorStore", "merge_banks", "find_volumes"]
+__all__ = ["DetectorStore", "merge_banks", "find_volumes", "volume_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,23 @@ def find_volumes(path: str | os.PathLike) -> list[Path]:
     if files or subdirs:
         return files + subdirs
     return [p]  # a folder holding one DICOM series
+
+
+def volume_source(image: str) -> str:
+    """The DICOM series folder behind a MONAI Label image path when there is one, else the path itself.
+
+    A DICOMweb datastore caches a series as ``<cache>/<SeriesInstanceUID>/`` (DICOM files) next to
+    ``<cache>/<SeriesInstanceUID>.nii.gz`` (what MONAI Label hands to the tasks). Reading the DICOM folder keeps the
+    modality (so the runner's intensity rule is the same for inference and for the memory bank) and the source
+    instances the Parametric Map and SEG must reference.
+    """
+    if os.path.isfile(image):
+        for suffix in _VOLUME_SUFFIXES:
+            if image.endswith(suffix):
+                folder = image[: -len(suffix)]
+                if os.path.isdir(folder) and any(os.scandir(folder)):
+                    return folder
+    return image
 
 
 def merge_banks(banks: Sequence[Any]):
@@ -159,7 +176,7 @@ class DetectorStore:
         """
         from medad.io import load_volume
 
-        images = [self.support_slices(load_volume(str(src)), detector.image_size) for src in sources]
+        images = [self.support_slices(load_volume(volume_source(str(src))), detector.image_size) for src in sources]
         if not images:
             return None
         previous = detector.memory_bank
