@@ -5,7 +5,8 @@ What it does on top of ``monailabel start_server``:
 - installs the pydicom-3 shim and serves ``medad.label.asgi:app`` (MONAI Label 0.8.5 cannot start otherwise);
 - binds ``127.0.0.1`` unless ``--host`` is given (MONAI Label's default is ``0.0.0.0``);
 - passes ``--conf zoo_source local`` (no model-zoo query) and never creates a SAM2 task (no HuggingFace download);
-  the app skips MONAI Label's dcmqi download for DICOMweb datastores (see :mod:`medad.label.app`);
+  for a DICOMweb datastore it puts a stub ``itkimage2segimage`` on PATH so MONAI Label does not download dcmqi from
+  GitHub (the medad app skips that download anyway and writes DICOM SEG with highdicom);
 - maps the medad options (``--backbone``, ``--adapters``, ...) to ``--conf`` pairs.
 
 Examples::
@@ -88,6 +89,30 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="check the options, print the equivalent monailabel command and exit without serving")
 
 
+_DCMQI_STUB = """#!/bin/sh
+echo "medad: dcmqi (itkimage2segimage) is not installed; medad converts labels to DICOM SEG with highdicom" >&2
+exit 1
+"""
+
+
+def _dcmqi_stub_on_path() -> None:
+    """Put a stub ``itkimage2segimage`` on PATH: MONAI Label downloads dcmqi from GitHub at start-up (offline: a
+    failed start) unless the tool is found. The medad app skips that download itself; the stub covers other apps."""
+    import shutil
+
+    if shutil.which("itkimage2segimage"):
+        return
+    from medad.weights import cache_dir
+
+    folder = cache_dir() / "label_bin"
+    folder.mkdir(parents=True, exist_ok=True)
+    stub = folder / "itkimage2segimage"
+    if not stub.is_file() or stub.read_text() != _DCMQI_STUB:
+        stub.write_text(_DCMQI_STUB)
+    stub.chmod(0o755)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def build_server_argv(args: argparse.Namespace) -> list[str]:
     """The ``monailabel start_server`` argument list for parsed ``medad label`` arguments."""
     app = args.app or default_app_dir() or _generated_app_dir()
@@ -129,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"medad label: {e}", file=sys.stderr)
         return 2
+    if str(args.studies).startswith(("http://", "https://")):
+        _dcmqi_stub_on_path()
     if args.dryrun:
         import shlex
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from medad.cli import label as cli
 
@@ -34,3 +35,16 @@ def test_dryrun_checks_options(studies_dir, capsys):
     assert "strictly increasing" in capsys.readouterr().err
     assert cli.run(_parse("--studies", str(studies_dir), "--conf", "no_such_option", "1", "--dryrun")) == 2
     assert "unknown option" in capsys.readouterr().err
+
+
+def test_dicomweb_start_puts_a_dcmqi_stub_on_path(monkeypatch, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    monkeypatch.setenv("MEDAD_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", os.environ["PATH"])
+    assert cli.run(_parse("--studies", "http://127.0.0.1:9/dicom-web", "--dryrun")) == 0
+    stub = shutil.which("itkimage2segimage")
+    assert stub == str(tmp_path / "label_bin" / "itkimage2segimage")
+    r = subprocess.run([stub], capture_output=True, text=True)
+    assert r.returncode == 1 and "highdicom" in r.stderr
