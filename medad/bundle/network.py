@@ -54,7 +54,7 @@ class SliceAnomalyNet(nn.Module):
         was_training = self.detector.training
         self.detector.eval()
         try:
-            return self.detector._predict_batch(x).anomaly_maps.unsqueeze(1).float()
+            return self.detector(x).anomaly_maps.unsqueeze(1).float()
         finally:
             self.detector.train(was_training)
 

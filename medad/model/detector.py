@@ -138,7 +138,8 @@ class AnomalyDetector(nn.Module):
         return seg.float(), det.float()
 
     # ------------------------------------------------------------------ inference
-    def _predict_batch(self, images: torch.Tensor) -> DetectionResult:
+    def forward(self, images: torch.Tensor) -> DetectionResult:
+        """One batch, in the caller's autograd mode (traceable; :meth:`predict` adds inference mode and chunking)."""
         size = tuple(images.shape[-2:])
         seg, det = self.tokens(images)
         lmaps = level_maps(seg, self.text_features, size).transpose(0, 1)  # [B, L, H, W]
@@ -168,7 +169,7 @@ class AnomalyDetector(nn.Module):
         self.eval()
         try:
             chunks = [images] if batch_size is None else list(images.split(batch_size))
-            return DetectionResult.concat([self._predict_batch(c) for c in chunks])
+            return DetectionResult.concat([self(c) for c in chunks])
         finally:
             self.train(was_training)
 
