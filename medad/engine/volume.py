@@ -191,6 +191,30 @@ class VolumeRunner:
                             slice_scores=np.array([score], dtype=np.float32), top_slices=[0], axis=None, n_slices=1,
                             source_dim=None, skipped=np.zeros(1, dtype=bool))
 
+    @torch.no_grad()
+    def model_inputs(self, volume: MetaTensor | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The images :meth:`run` would show the detector: ``([S, 3, size, size] float32 CPU, source indices [S])``.
+
+        Same intensity, view, padding, resizing and empty-slice rule as :meth:`run`, in slice order; use it to build
+        a memory bank or a training set from volumes exactly as inference will see them. Holds all ``S`` inputs.
+        """
+        vol = self._as_metatensor(volume, spatial_ndim=3)
+        src = vol.as_tensor()[0]
+        slicer = RASSlicer(src.shape, vol.affine, self.axis, vol.meta.get("space"))
+        ranges = self.intensity.ranges(vol)
+        to_view, _ = VIEWS[self.view]
+        inputs, index = [], []
+        for start in range(0, slicer.n_slices, self.batch_size):
+            stop = min(start + self.batch_size, slicer.n_slices)
+            x = self._channels(apply_ranges(slicer.read(src, start, stop)[None], ranges))
+            keep = (~self._empty(x)).nonzero().flatten()
+            if len(keep):
+                inputs.append(self._model_input(to_view(x[keep]))[0].float().contiguous())
+                index.append(slicer.source_index(start + keep.numpy()))
+        if not inputs:
+            return torch.zeros(0, 3, self.image_size, self.image_size), np.zeros(0, dtype=np.int64)
+        return torch.cat(inputs), np.concatenate(index)
+
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _as_metatensor(data: Any, spatial_ndim: int) -> MetaTensor:
@@ -240,8 +264,8 @@ class VolumeRunner:
             return torch.zeros(x.shape[0], dtype=torch.bool)
         return x.flatten(1).amax(1) <= 1e-6
 
-    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        """``[B, 1 or 3, H, W]`` in [0, 1] -> maps ``[B, H, W]`` float32 (CPU) and scores ``[B]``.
+    def _model_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int], int]:
+        """``[B, 1 or 3, H, W]`` in [0, 1] -> (model input ``[B, 3, S, S]``, pad ``(t, b, l, r)``, padded side).
 
         Pads to a square (0 = background), resizes to the model size on the 1-channel data when gray, and only then
         repeats gray to the 3 RGB channels, so the per-batch temporaries stay small.
@@ -255,6 +279,11 @@ class VolumeRunner:
                               antialias=True).clamp_(0.0, 1.0)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        return x, (t, b, l, r), side
+
+    def _predict(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """``[B, 1 or 3, H, W]`` in [0, 1] -> maps ``[B, H, W]`` float32 (CPU) and scores ``[B]``."""
+        x, (t, b, l, r), side = self._model_input(x)
         res = self.detector.predict(x)
         maps = torch.as_tensor(res.anomaly_maps).detach().float()
         if maps.ndim == 4 and maps.shape[1] == 1:

@@ -153,18 +153,16 @@ class DetectorStore:
 
         return VolumeRunner(detector, **{"top_k": self.config.top_k, **self.config.runner_options})
 
-    def support_slices(self, volume, image_size: int) -> torch.Tensor:
+    def support_slices(self, volume, detector) -> torch.Tensor:
         """``config.shots`` model inputs ``[N, 3, S, S]`` from a normal volume, prepared exactly as the runner does.
 
-        The runner is run with a recording stand-in for the detector, so intensity scaling, view, padding, resizing
-        and empty-slice skipping are the runner's own; ``shots`` slices evenly spaced over the central 80 % of the
-        non-empty slices are kept (the outermost slices of a study are often partial).
+        :meth:`VolumeRunner.model_inputs` applies the runner's own intensity scaling, view, padding, resizing and
+        empty-slice rule; ``shots`` slices evenly spaced over the central 80 % of the non-empty slices are kept (the
+        outermost slices of a study are often partial).
         """
-        recorder = _InputRecorder(int(image_size))
-        self.make_runner(recorder).run(volume)
-        if not recorder.inputs:
+        x, _ = self.make_runner(detector).model_inputs(volume)  # prepares inputs, runs no model
+        if not len(x):
             raise ValueError("the normal study has no non-empty slice (all background after intensity scaling)")
-        x = torch.cat(recorder.inputs)
         lo, hi = 0.1 * (len(x) - 1), 0.9 * (len(x) - 1)
         idx = np.unique(np.round(np.linspace(lo, hi, min(self.config.shots, len(x)))).astype(int))
         return x[torch.as_tensor(idx)]
@@ -176,7 +174,7 @@ class DetectorStore:
         """
         from medad.io import load_volume
 
-        images = [self.support_slices(load_volume(volume_source(str(src))), detector.image_size) for src in sources]
+        images = [self.support_slices(load_volume(volume_source(str(src))), detector) for src in sources]
         if not images:
             return None
         previous = detector.memory_bank
@@ -216,18 +214,3 @@ class DetectorStore:
                 "memory_bank_tokens": len(bank) if bank is not None else 0,
                 "site_checkpoint": bool(self._site_in_use)}
 
-
-class _InputRecorder:
-    """Detector stand-in that records the model inputs the runner prepares and returns zero maps/scores."""
-
-    def __init__(self, image_size: int) -> None:
-        self.image_size = image_size
-        self.inputs: list[torch.Tensor] = []
-
-    def predict(self, images: torch.Tensor):
-        from types import SimpleNamespace
-
-        x = images.as_tensor() if hasattr(images, "as_tensor") else images  # plain tensors only: MetaTensors
-        self.inputs.append(x.detach().float().cpu().clone())  # would be pickled into the checkpoint
-        b, _, h, w = images.shape
-        return SimpleNamespace(anomaly_maps=torch.zeros(b, h, w), image_scores=torch.zeros(b))

@@ -118,7 +118,7 @@ class AnomalyDetector(nn.Module):
         """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, S, S]`` model input (bicubic resize, optional CLIP normalization)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W] RGB in [0, 1]; got shape {tuple(images.shape)}")
-        x = images.to(self.device, torch.float32)
+        x = images.to(self.device, torch.float32).as_subclass(torch.Tensor)  # drop MetaTensor & co.
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
                               antialias=True).clamp_(0.0, 1.0)

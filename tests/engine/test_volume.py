@@ -156,3 +156,37 @@ def test_input_validation_messages():
         VolumeRunner(FakeDetector(), intensity="ct:brain,bone").run(torch.rand(1, 4, 4, 4))
     # a plain [X, Y, Z] array works (identity affine)
     assert VolumeRunner(FakeDetector()).run(np.random.rand(5, 6, 7)).anomaly_map.shape == (1, 5, 6, 7)
+
+
+def test_model_inputs_are_exactly_what_run_shows_the_detector():
+    import medad
+    from monai.data import MetaTensor
+
+    from medad.engine.volume import VolumeRunner
+
+    class Recorder:
+        image_size = 240
+
+        def __init__(self):
+            self.seen = []
+
+        def predict(self, x):
+            from types import SimpleNamespace
+
+            self.seen.append(x.clone())
+            return SimpleNamespace(anomaly_maps=torch.zeros(x.shape[0], *x.shape[-2:]), image_scores=torch.zeros(len(x)))
+
+    vol = torch.zeros(1, 40, 30, 9)
+    vol[0, 5:30, 5:25, 2:7] = torch.linspace(0, 100, 25)[:, None, None]  # slices 0,1,7,8 are empty
+    affine = torch.diag(torch.tensor([-1.0, 1.0, 2.0, 1.0]))
+    volume = MetaTensor(vol, affine=affine, meta={"modality": "MR"})
+    rec = Recorder()
+    runner = VolumeRunner(rec, batch_size=4)
+    runner.run(volume)
+    inputs, index = runner.model_inputs(volume)
+    assert inputs.shape == (5, 3, 240, 240) and sorted(index.tolist()) == [2, 3, 4, 5, 6]
+    torch.testing.assert_close(inputs, torch.cat(rec.seen))
+    assert isinstance(inputs, torch.Tensor) and not isinstance(inputs, MetaTensor)
+    det = medad.load_detector(backbone="tiny")
+    det.fit_memory_bank(inputs[:2])
+    assert type(det.memory_bank.seg) is torch.Tensor
