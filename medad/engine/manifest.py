@@ -274,11 +274,18 @@ def _fmt_score(v: Optional[float]) -> str:
     return "" if v is None else f"{v:.6f}"
 
 
-def results_row(outcome: Optional[SeriesOutcome], series: dict, status: str = "", error: str = "") -> dict:
-    """One ``results.csv`` row. ``series`` holds the index fields; ``outcome`` None for series not scored."""
+def results_row(outcome: Optional[SeriesOutcome], series: dict, dir_name: str, status: str = "",
+                error: str = "") -> dict:
+    """One ``results.csv`` row. ``series`` holds the index fields; ``outcome`` None for series not scored.
+
+    ``series_key`` is the SeriesInstanceUID (``#n`` for split series) for DICOM; for NIfTI/NRRD files, whose key is
+    a path that may name the patient (``/exports/DOE_JOHN/t1.nii.gz``), it is the anonymous folder name
+    ``dir_name`` (``manifest.jsonl`` and the series' ``record.json`` tie it to the file).
+    """
     o = outcome
+    dicom = str(series.get("kind", "")).startswith("dicom")
     return {
-        "series_key": series.get("key", ""),
+        "series_key": series.get("key", "") if dicom else dir_name,
         "study_uid": series.get("study_uid", ""),
         "series_uid": series.get("series_uid", ""),
         "series_number": "" if series.get("series_number") is None else series["series_number"],
@@ -292,7 +299,7 @@ def results_row(outcome: Optional[SeriesOutcome], series: dict, status: str = ""
         "top_slice_scores": " ".join(f"{s:.4f}" for s in o.top_slice_scores) if o and o.ok else "",
         "status": o.status if o else status,
         "error": (o.error if o else error).replace("\n", " "),
-        "output_dir": f"series/{o.dir}" if o else "",
+        "output_dir": f"series/{dir_name}" if o else "",
     }
 
 

@@ -75,8 +75,8 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
             if o.outputs.get(name):
                 links += f' <a href="{_e(o.outputs[name])}">{name.upper()}</a>'
         width = max(2, min(100, int(100 * (o.volume_score or 0.0))))  # scores are in [0, 1]
-        ident = (f"study {_e(s.get('study_uid'))}<br>series {_e(o.key)}" if s.get("study_uid")
-                 else f"file {_e(o.key)}")
+        ident = (f"study {_e(s.get('study_uid'))}<br>series {_e(o.key)}" if str(s.get("kind", "")).startswith("dicom")
+                 else f"file series/{_e(o.dir)} (path in manifest.jsonl)")
         rows.append(
             f"<tr><td>{rank}</td><td class=score>{(o.volume_score or 0.0):.4f}<div class=bar style='width:{width}%'>"
             f"</div></td><td>{_e(s.get('modality'))}</td><td>{_e(s.get('body_part'))}</td>"

@@ -396,14 +396,16 @@ def _merge(out: Path, plan: _Plan, n_todo: int) -> ScoreSummary:
     for s in plan.index.series:
         fields = _series_fields(s)
         if s.key in plan.filtered:
-            rows.append(mf.results_row(None, fields, status="filtered", error=plan.filtered[s.key]))
+            rows.append(mf.results_row(None, fields, plan.dirs[s.key], status="filtered",
+                                       error=plan.filtered[s.key]))
             continue
         rec = mf.read_record(out / "series" / plan.dirs[s.key])
         if rec is not None and rec.fingerprint != plan.fingerprints[s.key]:
             rec = None
         if rec is not None:
             outcomes[s.key] = rec
-        rows.append(mf.results_row(rec, fields, status="pending", error="not scored yet (stopped run or --dry-run): run the same command to score it"))
+        rows.append(mf.results_row(rec, fields, plan.dirs[s.key], status="pending",
+                                   error="not scored yet (stopped run or --dry-run): run the same command to score it"))
     results = mf.write_results_csv(out / "results.csv", rows)
     entries = mf.file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
     manifest = mf.write_manifest(out / "manifest.jsonl", entries)
