@@ -164,3 +164,17 @@ def test_cli_errors(tmp_path, capsys):
     rc = main(["train", "--data", str(tmp_path), "--backbone", "tiny", "--k", "4", "--out", str(tmp_path / "x.pt"),
                "--no-progress"])
     assert rc == 1 and "k=4-shot" in capsys.readouterr().err
+
+
+def test_demo_model_asset():
+    """The embedded demo model loads, is labelled, small, and records its held-out phantom AUROC."""
+    from medad.factory import DEMO_ADAPTERS
+
+    assert DEMO_ADAPTERS.stat().st_size < 2_000_000
+    det = medad.load_detector(adapters="demo")
+    assert det.backbone == "tiny" and det.metadata["label"] == "demo weights, not for clinical use"
+    held = det.metadata["heldout"]
+    assert held["MR"]["voxel_auroc"] >= 0.9 and held["CT"]["voxel_auroc"] >= 0.85
+    assert held["CT"]["voxel_auroc"] > det.metadata["untrained_heldout"]["CT"]["voxel_auroc"] + 0.2
+    res = det.predict(torch.rand(1, 3, 240, 240))
+    assert res.anomaly_maps.shape == (1, 240, 240) and torch.isfinite(res.image_scores).all()
