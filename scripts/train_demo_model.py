@@ -135,11 +135,12 @@ def write_sums(asset: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ASSET))
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-train", type=int, default=6, help="training phantoms per modality (seeds 1000...)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--n-train", type=int, default=10, help="training phantoms per modality (seeds 1000...)")
     p.add_argument("--eval-only", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -161,7 +162,8 @@ def main(argv=None) -> int:
     print("untrained adapters, held-out:", json.dumps(untrained), flush=True)
     train = features_from_tensors(det, x, y, m)
     sel = Selector(features_from_tensors(det, xv, yv, mv), det.text_features[None], "phantom-valid")
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=True)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, progress=True,
+                         lr_schedule=args.lr_schedule)
     history, best = fit_adapters(det, train, det.text_features[None], config, args.lr, [sel],
                                  on_epoch=lambda e, r: print(f"epoch {e}: loss {r['loss']:.3f} val pixel AUROC "
                                                              f"{r.get('phantom-valid/pixel_auroc', float('nan')):.4f}",
@@ -177,6 +179,7 @@ def main(argv=None) -> int:
             "data_fingerprint": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
             "validation_seeds": list(VAL_SEEDS), "heldout_seeds": list(TEST_SEEDS), "heldout": heldout,
             "untrained_heldout": untrained, "epochs": args.epochs, "best_epoch": best, "lr": args.lr,
+            "lr_schedule": args.lr_schedule,
             "preprocessing": "VolumeRunner(intensity='auto', view='radiological')"}
     det.save_adapters(out, extra=prov, include_backbone=True)
     if out.resolve() == ASSET.resolve():

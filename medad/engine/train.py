@@ -75,6 +75,7 @@ class TrainConfig:
     num_workers: int = 0
     encode_batch_size: int = 32
     progress: bool = True
+    lr_schedule: str = "constant"  # or "cosine" (per step, to 0 at the last step); the reference uses constant
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -289,11 +290,16 @@ def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, c
         p.requires_grad_(True)
     texts = texts.to(device)
     opt = torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', not {config.lr_schedule!r}")
     loss_fn = MVFALoss(det_loss=config.det_loss)
     gen = torch.Generator().manual_seed(config.seed)
     selectors = [s for s in selectors if s.usable]
     history, best, best_epoch, best_state = [], -math.inf, None, None
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+             if config.lr_schedule == "cosine" else None)
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="training adapters",
                disable=not (config.progress and info.main))
     for epoch in range(config.epochs):
@@ -308,6 +314,8 @@ def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, c
                 sums[k] += losses[k] * n_local
             n_seen += n_local
             opt.step()
+            if sched is not None:
+                sched.step()
             bar.update(1)
         record = {"epoch": epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()}, "time_s": time.time() - t0}
         last = epoch + 1 == config.epochs
