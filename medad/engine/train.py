@@ -460,7 +460,8 @@ def train_few_shot(dataset: ADDataset, k: int, *, backbone: str = "ViT-L-14-336"
         support, rest = sample_support(pool, k, support_seed, abnormal=not normal_only,
                                        require_masks=dataset.has_masks)
     else:
-        rest = [s for s in pool if s not in set(support)]
+        chosen = set(support)
+        rest = [s for s in pool if s not in chosen]
     det = detector or medad.load_detector(backbone=backbone, weights=weights, object_name=dataset.object_name,
                                           device=config.device)
     images, masks, labels = load_batch(support, det.image_size)

@@ -32,7 +32,7 @@ def main(out_dir: str) -> None:
     for p in params:
         p.grad = None
     # 10 samples, global batch 4: steps of 4, 4, 2 -> rank slices 2/2, 2/2, 1/1
-    fit_adapters(det, feats, det.text_features[None], TrainConfig(epochs=2, batch_size=4, progress=False), lr=1e-3)
+    fit_adapters(det, feats, det.text_features[None], TrainConfig(epochs=1, batch_size=4, progress=False), lr=1e-3)
     torch.save(det.model.adapters.state_dict(), Path(out_dir) / f"adapters_w{info.world_size}_r{info.rank}.pt")
     if info.main:
         det.save_adapters(Path(out_dir) / f"ckpt_w{info.world_size}.pt", extra={"world_size": info.world_size})
