@@ -5,7 +5,7 @@ Examples::
     medad train --data /data/mvfa --mode zero-shot --target Brain --out brain-zero.pt --weights ViT-L-14-336px.pt
     medad train --data /data/mvfa/Brain_AD --mode few-shot --k 4 --out brain-4shot.pt --weights ViT-L-14-336px.pt
     medad train --data /data/mvfa/Brain_AD --mode normal-only --k 4 --out brain-4normal.pt --backbone tiny
-    torchrun --nproc_per_node 8 -m medad.cli train ...            # data parallel over 8 GPUs
+    torchrun --nproc_per_node 8 -m medad train ...            # data parallel over 8 GPUs
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Launch::
 
-    torchrun --nproc_per_node 8 -m medad.cli train ...          # one node, 8 GPUs (NCCL)
-    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 -m medad.cli train ...
-    torchrun --nproc_per_node 2 -m medad.cli train --device cpu ...  # CPU, gloo (what the tests run)
+    torchrun --nproc_per_node 8 -m medad train ...          # one node, 8 GPUs (NCCL)
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 -m medad train ...
+    torchrun --nproc_per_node 2 -m medad train --device cpu ...  # CPU, gloo (what the tests run)
 
 Only the adapters train (a few M parameters), so gradients are averaged with one flat ``all_reduce`` per step
 (:func:`all_reduce_gradients`) instead of wrapping the model in ``DistributedDataParallel``: the last level's ``fc2``
