@@ -35,12 +35,16 @@ logger = logging.getLogger(__name__)
 
 def iter_predictions(det: AnomalyDetector, samples: Sequence[Sample], has_masks: bool = False, batch_size: int = 16,
                      num_workers: int = 0, progress: bool = False, desc: str = "scoring") -> Iterator[tuple]:
-    """Yield ``(DetectionResult, masks [B,H,W], labels [B])`` batch by batch over ``samples``."""
+    """Yield ``(DetectionResult, masks [B,H,W], labels [B], has_mask [B] bool)`` batch by batch over ``samples``.
+
+    ``has_mask`` is False for abnormal images without a mask (read with ``strict_masks=False``): they count at the
+    image level only."""
     ds = ImageMaskDataset(samples, has_masks, size=det.image_size)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     for b in tqdm(loader, desc=desc, disable=not progress, leave=False):
         res = det.predict(b["image"])
-        yield res, b["mask"][:, 0].to(res.anomaly_maps.device), torch.as_tensor(b["label"])
+        yield (res, b["mask"][:, 0].to(res.anomaly_maps.device), torch.as_tensor(b["label"]),
+               torch.as_tensor(b["has_mask"], dtype=torch.bool))
 
 
 @torch.no_grad()
@@ -57,7 +61,7 @@ def fit_normalizers(det: AnomalyDetector, samples: Sequence[Sample], batch_size:
         lo[branch] = min(lo.get(branch, math.inf), float(v.min()))
         hi[branch] = max(hi.get(branch, -math.inf), float(v.max()))
 
-    for res, _, _ in iter_predictions(det, samples, False, batch_size, num_workers, progress, "fitting normalizers"):
+    for res, _, _, _ in iter_predictions(det, samples, False, batch_size, num_workers, progress, "fitting normalizers"):
         see("pixel_text", res.level_maps.sum(1))
         see("image_text", res.level_scores.sum(1))
         see("pixel_bank", res.bank_maps)
@@ -88,14 +92,15 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
         scores, text_scores, labels = [], [], []
         pixel = PixelMetrics(aupro=aupro) if has_masks else None
         pixel_text = PixelMetrics(aupro=False) if has_masks else None
-        for res, masks, lab in iter_predictions(det, samples, has_masks, batch_size, num_workers, progress,
-                                                "evaluating"):
+        for res, masks, lab, has in iter_predictions(det, samples, has_masks, batch_size, num_workers, progress,
+                                                     "evaluating"):
             scores.append(res.image_scores.float().cpu())
             text_scores.append(res.level_scores.sum(1).float().cpu())
             labels.append(lab)
-            if pixel is not None:
-                pixel.update(res.anomaly_maps, masks)
-                pixel_text.update(res.level_maps.sum(1), masks)
+            if pixel is not None and bool(has.any()):
+                keep = has.to(masks.device)
+                pixel.update(res.anomaly_maps[keep], masks[keep])
+                pixel_text.update(res.level_maps.sum(1)[keep], masks[keep])
         scores_t, labels_t = torch.cat(scores), torch.cat(labels)
         out = {"n_images": len(samples), "n_normal": int((labels_t == 0).sum()),
                "n_abnormal": int((labels_t == 1).sum()),
@@ -104,7 +109,7 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
         out.update(image_metrics(scores_t, labels_t))
         out["image_auroc_text_branch"] = (auroc(torch.cat(text_scores), labels_t)
                                           if 0 < out["n_normal"] < len(samples) else math.nan)
-        if pixel is not None:
+        if pixel is not None and pixel.counts is not None:
             out.update(pixel.compute())
             out["pixel_auroc_text_branch"] = pixel_text.compute()["pixel_auroc"]
         out["time_s"] = time.time() - t0

@@ -178,3 +178,18 @@ def test_demo_model_asset():
     assert held["CT"]["voxel_auroc"] > det.metadata["untrained_heldout"]["CT"]["voxel_auroc"] + 0.2
     res = det.predict(torch.rand(1, 3, 240, 240))
     assert res.anomaly_maps.shape == (1, 240, 240) and torch.isfinite(res.image_scores).all()
+
+
+def test_evaluate_lenient_masks_uses_masked_images_only(tmp_path):
+    from medad.engine.datasets import read_dataset
+    from medad.engine.evaluate import evaluate
+
+    root = _write_layout(tmp_path, "Brain", 3, n=(1, 1, 2, 3))
+    masks = sorted((root / "test" / "Ungood" / "anomaly_mask").iterdir())
+    masks[0].unlink()
+    ds = read_dataset(root, strict_masks=False)
+    det = medad.load_detector(backbone="tiny")
+    m = evaluate(det, ds, "test", progress=False)
+    assert m["n_abnormal"] == 3 and 0 <= m["pixel_auroc"] <= 1 and 0 <= m["image_auroc"] <= 1
+    fitted = evaluate(det, ds, "test", progress=False, normalization="transductive")
+    assert fitted["pixel_auroc"] == pytest.approx(m["pixel_auroc"], abs=2e-3)  # one branch: rank-invariant
