@@ -18,33 +18,16 @@ import torch
 import torch.nn.functional as F
 
 import medad
-from common import command_line, machine, peak_rss_mib, update_section
+from common import command_line, machine, peak_rss_mib, reference_style_tokens, update_section
 
 
 @torch.no_grad()
 def reference_style_predict(det, images):
     """One image at a time, attention weights materialized, per-image Python scoring (returns maps [B,H,W])."""
-    model, text = det.model, det.text_features
-    v = model.visual
-    levels = model.levels
+    text, levels = det.text_features, det.model.levels
     maps, scores = [], []
     for i in range(images.shape[0]):
-        x = det.prepare(images[i:i + 1])
-        x = model._embed(x)
-        seg_tokens, det_tokens = [], []
-        for b, block in enumerate(v.transformer.resblocks):
-            y = block.ln_1(x)
-            attn_out, _attn_weights = block.attn(y, y, y, need_weights=True)
-            x = x + attn_out
-            x = x + block.mlp(block.ln_2(x))
-            if b + 1 in levels:
-                k = levels.index(b + 1)
-                seg_h, seg_out = model.adapters.seg_adapters[k](x)
-                det_h, det_out = model.adapters.det_adapters[k](x)
-                x = 0.8 * x + 0.1 * seg_out + 0.1 * det_out
-                seg_tokens.append(seg_h)
-                det_tokens.append(det_h)
-        _pooled = v.ln_post(x[:, 0]) @ v.proj  # computed and unused, as in the reference
+        seg_tokens, det_tokens = reference_style_tokens(det, det.prepare(images[i:i + 1]))
         amap, score = 0, 0
         for seg_h, det_h in zip(seg_tokens, det_tokens):
             p = seg_h[0, 1:, :]

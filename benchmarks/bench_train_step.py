@@ -22,31 +22,15 @@ import time
 import torch
 
 import medad
-from common import command_line, machine, peak_rss_mib, update_section
+from common import command_line, machine, peak_rss_mib, reference_style_tokens, update_section
 from medad.engine.losses import MVFALoss
 from medad.engine.train import features_from_tensors
 
 
 def reference_style_step(det, image, mask, label, opt, loss_fn):
     """One MVFA-AD-style training step on one image (all CLIP parameters require grad)."""
-    model, text = det.model, det.text_features
-    v = model.visual
-    x = model._embed(det.prepare(image))
-    seg, dets = [], []
-    for b, block in enumerate(v.transformer.resblocks):
-        y = block.ln_1(x)
-        attn_out, _weights = block.attn(y, y, y, need_weights=True)
-        x = x + block.ls_1(attn_out)
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        if b + 1 in model.levels:
-            k = model.levels.index(b + 1)
-            seg_h, seg_out = model.adapters.seg_adapters[k](x)
-            det_h, det_out = model.adapters.det_adapters[k](x)
-            x = 0.8 * x + 0.1 * seg_out + 0.1 * det_out
-            seg.append(seg_h)
-            dets.append(det_h)
-    pooled = v.ln_post(x[:, 0]) @ v.proj  # computed and unused, as in the reference
-    del pooled
+    text = det.text_features
+    seg, dets = reference_style_tokens(det, det.prepare(image))
     out = loss_fn(torch.stack(seg), torch.stack(dets), text, label, mask)
     opt.zero_grad()
     out["loss"].backward()

@@ -51,3 +51,28 @@ def git_rev() -> str:
                                        cwd=BENCHMARKS_MD.parent).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def reference_style_tokens(det, image):
+    """MVFA-AD's forward for one prepared image ``[1, 3, S, S]``: attention weights materialized
+    (``need_weights=True``), every adapter output computed (dead last-level ``fc2`` too) and the unused pooled
+    projection. Returns per-level ``(seg_tokens, det_tokens)`` lists of ``[1, N, D]``; gradients follow the caller's
+    autograd mode."""
+    model = det.model
+    v = model.visual
+    x = model._embed(image)
+    seg, dets = [], []
+    for b, block in enumerate(v.transformer.resblocks):
+        y = block.ln_1(x)
+        attn_out, _weights = block.attn(y, y, y, need_weights=True)
+        x = x + block.ls_1(attn_out)
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        if b + 1 in model.levels:
+            k = model.levels.index(b + 1)
+            seg_h, seg_out = model.adapters.seg_adapters[k](x)
+            det_h, det_out = model.adapters.det_adapters[k](x)
+            x = 0.8 * x + 0.1 * seg_out + 0.1 * det_out
+            seg.append(seg_h)
+            dets.append(det_h)
+    _pooled = v.ln_post(x[:, 0]) @ v.proj  # computed and unused, as in the reference
+    return seg, dets
