@@ -126,14 +126,18 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma: float, corr_vox: float
     return n * (sigma / max(float(n.std()), 1e-6))
 
 
-def _ct_head(p: np.ndarray, s: float):
-    """CT head anatomy in HU (scale ``s``); returns image and the parenchyma where lesions may go."""
-    head = _ellipsoid(p, (0, 0, 0), (72 * s, 92 * s, 100 * s))
-    skull_out = _ellipsoid(p, (0, 0, 0), (68 * s, 88 * s, 96 * s))
-    brain = _ellipsoid(p, (0, 0, 0), (62 * s, 82 * s, 90 * s))
-    white = _ellipsoid(p, (0, 0, 0), (54 * s, 74 * s, 82 * s))
+def _head_shells(p: np.ndarray, s: float):
+    """Nested head ellipsoids (scale ``s``), <1 inside: head, skull, CSF, brain, white matter, ventricles."""
+    shells = [_ellipsoid(p, (0, 0, 0), (a * s, b * s, c * s))
+              for a, b, c in ((72, 92, 100), (68, 88, 96), (64, 84, 92), (62, 82, 90), (54, 74, 82))]
     vent = np.minimum(_ellipsoid(p, (9 * s, 4 * s, 12 * s), (6 * s, 22 * s, 12 * s)),
                       _ellipsoid(p, (-9 * s, 4 * s, 12 * s), (6 * s, 22 * s, 12 * s)))
+    return (*shells, vent)
+
+
+def _ct_head(p: np.ndarray, s: float):
+    """CT head anatomy in HU (scale ``s``); returns image and the parenchyma where lesions may go."""
+    head, skull_out, _, brain, white, vent = _head_shells(p, s)
     img = np.full(head.shape, -1000.0)
     img[head < 1] = 35.0           # scalp
     img[skull_out < 1] = 900.0     # skull
@@ -246,13 +250,7 @@ def make_mr_phantom(
     vox = np.linalg.norm(affine[:3, :3], axis=0)
     p = _world_grid(shape, affine)
     s = float(rng.uniform(0.93, 1.03))
-    head = _ellipsoid(p, (0, 0, 0), (72 * s, 92 * s, 100 * s))
-    skull = _ellipsoid(p, (0, 0, 0), (68 * s, 88 * s, 96 * s))
-    csf = _ellipsoid(p, (0, 0, 0), (64 * s, 84 * s, 92 * s))
-    brain = _ellipsoid(p, (0, 0, 0), (62 * s, 82 * s, 90 * s))
-    white = _ellipsoid(p, (0, 0, 0), (54 * s, 74 * s, 82 * s))
-    vent = np.minimum(_ellipsoid(p, (9 * s, 4 * s, 12 * s), (6 * s, 22 * s, 12 * s)),
-                      _ellipsoid(p, (-9 * s, 4 * s, 12 * s), (6 * s, 22 * s, 12 * s)))
+    head, skull, csf, brain, white, vent = _head_shells(p, s)
     img = np.zeros(shape)
     img[head < 1] = 300.0
     img[skull < 1] = 30.0

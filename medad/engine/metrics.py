@@ -81,28 +81,25 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return curve_from_sorted(*_curve_counts(s, y))["auroc"]
 
 
-def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Exact average precision (scikit-learn's step-wise definition, no interpolation)."""
+def _precision_metric(scores: torch.Tensor, labels: torch.Tensor, key: str, name: str) -> float:
     s, y = _check(scores, labels)
     if not y.any():
-        _one_class_warning("average_precision")
+        _one_class_warning(name)
         return math.nan
     tps, fps = _curve_counts(s, y)
     if fps[-1] == 0:
         return 1.0
-    return curve_from_sorted(tps, fps)["ap"]
+    return curve_from_sorted(tps, fps)[key]
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Exact average precision (scikit-learn's step-wise definition, no interpolation)."""
+    return _precision_metric(scores, labels, "ap", "average_precision")
 
 
 def f1_max(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Maximum F1 over all thresholds."""
-    s, y = _check(scores, labels)
-    if not y.any():
-        _one_class_warning("f1_max")
-        return math.nan
-    tps, fps = _curve_counts(s, y)
-    if fps[-1] == 0:
-        return 1.0
-    return curve_from_sorted(tps, fps)["f1_max"]
+    return _precision_metric(scores, labels, "f1_max", "f1_max")
 
 
 def image_metrics(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
