@@ -122,6 +122,9 @@ def save_checkpoint(detector: AnomalyDetector, path: str | os.PathLike, extra: O
     os.close(fd)
     try:
         torch.save(state, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -70,3 +70,15 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"seg_adapters": {}, "det_adapters": {}, "x": copy.deepcopy}, path)
     with pytest.raises(CheckpointError, match="evil.pt"):
         medad.load_detector(backbone="tiny", adapters=path)
+
+
+def test_saved_checkpoint_has_normal_file_permissions(tiny_detector, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = tiny_detector.save_adapters(tmp_path / "perm.pt")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
