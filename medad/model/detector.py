@@ -6,7 +6,6 @@ files is done by ``medad.checkpoints`` and ``medad.weights``.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -66,7 +65,8 @@ class AnomalyDetector(nn.Module):
         normalize_input: apply CLIP mean/std (off by default: MVFA feeds [0, 1] RGB).
         image_score_rule: ``"det"`` or ``"map_max"`` (see :func:`medad.model.normalization.fuse`).
         include_cls_in_bank: put the class token in the memory bank like the reference (off by default).
-        precision: ``"fp32"`` or ``"bf16"`` (autocast for the backbone; scores are computed in fp32).
+        precision: ``"fp32"`` or ``"bf16"``: bf16 stores the frozen backbone's weights in bfloat16 and runs its blocks
+            in bf16 (CPU and CUDA); adapters, residual updates and scores stay fp32.
         smoothing_sigma: Gaussian smoothing of the final map in pixels of the input (0 = off, as the reference).
     """
 
@@ -84,8 +84,6 @@ class AnomalyDetector(nn.Module):
         smoothing_sigma: float = 0.0,
     ) -> None:
         super().__init__()
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
         self.model = model
         self.register_buffer("text_features", text_features.float())
         self.normalizer = ScoreNormalizer(len(model.levels))
@@ -96,12 +94,22 @@ class AnomalyDetector(nn.Module):
         self.normalize_input = normalize_input
         self.image_score_rule = image_score_rule
         self.include_cls_in_bank = include_cls_in_bank
-        self.precision = precision
+        self.precision = precision  # casts the backbone (property setter)
         self.smoothing_sigma = float(smoothing_sigma)
         self.thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
         self.metadata: dict = {}
         self.register_buffer("_mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1))
         self.register_buffer("_std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1))
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.model.backbone_dtype == torch.bfloat16 else "fp32"
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {value!r}")
+        self.model.visual.to(torch.bfloat16 if value == "bf16" else torch.float32)
 
     @property
     def device(self) -> torch.device:
@@ -126,15 +134,9 @@ class AnomalyDetector(nn.Module):
             x = (x - self._mean) / self._std
         return x
 
-    def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
-
     def tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-level bottleneck tokens ``([L,B,N,D], [L,B,N,D])`` (seg, det) in fp32."""
-        with self._autocast():
-            seg, det = self.model(self.prepare(images))
+        seg, det = self.model(self.prepare(images))
         return seg.float(), det.float()
 
     # ------------------------------------------------------------------ inference

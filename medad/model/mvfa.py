@@ -55,9 +55,14 @@ class MVFAModel(nn.Module):
         self.visual.eval()
         return self
 
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """dtype of the frozen backbone's weights (fp32, or bf16 for ``precision="bf16"``); adapters stay fp32."""
+        return self.visual.conv1.weight.dtype
+
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual
-        x = v.conv1(images)  # [B, C, g, g]
+        x = v.conv1(images.to(self.backbone_dtype))  # [B, C, g, g]
         x = x.flatten(2).transpose(1, 2)  # [B, g*g, C]
         cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
@@ -77,12 +82,15 @@ class MVFAModel(nn.Module):
             ``(seg_tokens, det_tokens)``, each ``[L, B, N, D]`` (class token at index 0).
         """
         blocks = self.visual.transformer.resblocks
+        dtype, adapter_dtype = self.backbone_dtype, self.adapters.seg_adapters[0].fc1[0].weight.dtype
         seg, det = [], []
         x = hidden
         for k, level in enumerate(self.levels):
             if k > 0:
+                x = x.to(dtype)
                 for block in blocks[self.levels[k - 1]: level]:
                     x = block(x)
+            x = x.to(adapter_dtype)  # adapters (and the residual update) run in fp32
             if k == len(self.levels) - 1:
                 # nothing runs after the last level: its fc2 outputs are dead, skip them
                 seg.append(self.adapters.seg_adapters[k].fc1(x))

@@ -99,7 +99,10 @@ def test_bf16_runs_and_stays_close_to_fp32(tiny_detector):
     x = images(2, seed=4)
     det = copy.deepcopy(tiny_detector)
     det.precision = "bf16"
+    assert det.model.visual.conv1.weight.dtype == torch.bfloat16
+    assert det.model.adapters.seg_adapters[0].fc1[0].weight.dtype == torch.float32
     a, b = tiny_detector.predict(x), det.predict(x)
+    assert (a.anomaly_maps - b.anomaly_maps).abs().max() < 0.05
     assert a.anomaly_maps.dtype == b.anomaly_maps.dtype == torch.float32
     assert (a.image_scores - b.image_scores).abs().max() < 0.05
 
