@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from .model.mvfa import MVFAModel
 from .model.prompts import PROMPT_SET, encode_prompt_ensemble
 from .weights import WeightsError, cache_dir, find_cached_weights, load_backbone_weights, sha256_file
 
-__all__ = ["load_detector", "DEMO_ADAPTERS", "DEFAULT_OBJECT_NAME"]
+__all__ = ["load_detector", "text_features", "DEMO_ADAPTERS", "DEFAULT_OBJECT_NAME"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,32 @@ def _text_features(clip, backbone_id: str, object_name: str, device: str) -> tor
     return feats
 
 
+def _build_backbone(backbone: str, weights, expected_sha256: Optional[str]):
+    """``(config, open_clip CLIP with verified weights, backbone id, init seed)``; never downloads."""
+    cfg = get_backbone_config(backbone)
+    seed = int(cfg.get("init_seed", 0))
+    if weights is None and cfg.get("known_weights"):
+        weights = find_cached_weights(backbone)
+        if weights is None:
+            raise WeightsError(
+                f"Backbone {backbone!r} needs its CLIP weights file. Import it once with "
+                f"`medad weights import /path/to/{next(iter(cfg['known_weights'].values()))['filename']}` "
+                "or pass weights=PATH (use backbone='tiny' for a quick try without weights).")
+    clip = build_clip({**cfg, "init_seed": seed})
+    if weights is not None and str(weights) != "random":
+        backbone_id = load_backbone_weights(clip, weights, backbone, expected_sha256)
+    else:
+        backbone_id = f"{backbone}-random-init-{seed}"
+    return cfg, clip, backbone_id, seed
+
+
+def text_features(backbone: str, object_names: Sequence[str], weights: Optional[str | os.PathLike] = None,
+                  device: str | torch.device = "cpu", expected_sha256: Optional[str] = None) -> torch.Tensor:
+    """Prompt-ensemble features ``[T, D, 2]`` for several object names with one backbone load (disk-cached)."""
+    _, clip, backbone_id, _ = _build_backbone(backbone, weights, expected_sha256)
+    return torch.stack([_text_features(clip, backbone_id, name, str(device)) for name in object_names])
+
+
 def load_detector(
     backbone: Optional[str] = None,
     weights: Optional[str | os.PathLike] = None,
@@ -95,20 +121,7 @@ def load_detector(
     extra = (ckpt or {}).get("medad") or {}
     backbone = backbone or extra.get("backbone") or "ViT-L-14-336"
     object_name = object_name or extra.get("object_name") or DEFAULT_OBJECT_NAME
-    cfg = get_backbone_config(backbone)
-    seed = int(cfg.get("init_seed", 0))
-    if weights is None and cfg.get("known_weights"):
-        weights = find_cached_weights(backbone)
-        if weights is None:
-            raise WeightsError(
-                f"Backbone {backbone!r} needs its CLIP weights file. Import it once with "
-                f"`medad weights import /path/to/{next(iter(cfg['known_weights'].values()))['filename']}` "
-                "or pass weights=PATH (use backbone='tiny' for a quick try without weights).")
-    clip = build_clip({**cfg, "init_seed": seed})
-    if weights is not None and str(weights) != "random":
-        backbone_id = load_backbone_weights(clip, weights, backbone, expected_sha256)
-    else:
-        backbone_id = f"{backbone}-random-init-{seed}"
+    cfg, clip, backbone_id, seed = _build_backbone(backbone, weights, expected_sha256)
     if extra.get("visual_state_dict"):
         backbone_id = extra.get("backbone_sha256") or backbone_id
 

@@ -346,15 +346,13 @@ def fit_adapters(det: AnomalyDetector, train: FeatureSet, texts: torch.Tensor, c
 
 def text_table(det: AnomalyDetector, object_names: Sequence[str], backbone: str, weights=None) -> torch.Tensor:
     """``[T, D, 2]`` text features for ``object_names`` (``det``'s own name reuses its features)."""
-    import medad
+    from ..factory import text_features
 
-    rows = []
-    for name in object_names:
-        if name == det.object_name:
-            rows.append(det.text_features.detach().cpu())
-        else:  # the text tower is not kept in the detector: build one for this name (features are disk-cached)
-            rows.append(medad.load_detector(backbone=backbone, weights=weights, object_name=name).text_features.cpu())
-    return torch.stack(rows)
+    others = [n for n in dict.fromkeys(object_names) if n != det.object_name]
+    # the detector keeps no text tower: one backbone load encodes every other name (features are disk-cached)
+    feats = dict(zip(others, text_features(backbone, others, weights))) if others else {}
+    feats[det.object_name] = det.text_features.detach().cpu()
+    return torch.stack([feats[n].cpu() for n in object_names])
 
 
 def _check_protocol(protocol: str) -> None:

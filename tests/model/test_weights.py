@@ -66,3 +66,12 @@ def test_position_embeddings_are_resized_from_a_336px_checkpoint(tmp_path):
     torch.save(sd, path)
     det = medad.load_detector(backbone="tiny", weights=path, expected_sha256=W.sha256_file(path))
     assert det.model.visual.positional_embedding.shape == (290, 64)
+
+
+def test_text_features_for_several_names_match_the_detectors():
+    from medad.factory import text_features
+
+    feats = text_features("tiny", ["Brain", "Liver"])
+    assert feats.shape == (2, 64, 2)
+    torch.testing.assert_close(feats[1], medad.load_detector(backbone="tiny", object_name="Liver").text_features)
+    assert not torch.allclose(feats[0], feats[1])
