@@ -33,8 +33,8 @@ def make_export(root: Path, n_series: int, shape: tuple[int, int, int]) -> tuple
     """Write ``n_series`` CT series; returns (files, slices)."""
     from pydicom.uid import generate_uid
 
-    from medad.data import make_ct_phantom
-    from medad.data.phantoms import write_dicom_series
+    from medad.synthetic import make_ct_phantom
+    from medad.synthetic.phantoms import write_dicom_series
 
     studies = [generate_uid(entropy_srcs=["bench-score", str(i)]) for i in range(2)]
     files = 0

@@ -12,7 +12,7 @@ Outputs (about 2 MB):
   mr_flair_phantom/lesion_mask.nii.gz              uint8 ground truth
   manifest.json                                    seeds, shapes, lesion voxel counts, SHA-256 of every file
 
-More phantoms (other seeds, held-out sets): ``medad.data.make_ct_phantom`` / ``make_mr_phantom`` /
+More phantoms (other seeds, held-out sets): ``medad.synthetic.make_ct_phantom`` / ``make_mr_phantom`` /
 ``write_dicom_series``.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medad.data import make_ct_phantom, make_mr_phantom, write_dicom_series
+from medad.synthetic import make_ct_phantom, make_mr_phantom, write_dicom_series
 
 CT_SEED = 20260101
 MR_SEED = 20260102
@@ -72,7 +72,7 @@ def make(out: Path) -> dict:
 
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.parent != out)
     manifest = {
-        "generator": "sample_data/make_sample_data.py (medad.data.phantoms)",
+        "generator": "sample_data/make_sample_data.py (medad.synthetic.phantoms)",
         "ct_head_phantom": {"seed": CT_SEED, "shape": list(hu.shape), "spacing_mm": [1.8, 1.8, 4.0],
                             "lesion_voxels": int(ct_mask.sum()), "hu_range": [float(hu.min()), float(hu.max())],
                             "affine_ras": ct_affine.tolist()},

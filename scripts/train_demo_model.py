@@ -5,7 +5,7 @@
     python scripts/train_demo_model.py --eval-only           # held-out voxel AUROC of the installed demo model
 
 DEMO WEIGHTS, NOT FOR CLINICAL USE. The backbone is the random ``tiny`` config (not CLIP) and the data are generated
-phantoms (``medad.data.phantoms``): the model exists so the README's first command, the bundle and the MONAI Label
+phantoms (``medad.synthetic.phantoms``): the model exists so the README's first command, the bundle and the MONAI Label
 app show something meaningful on the sample data without any download.
 
 Training slices are produced by the volume runner's own preprocessing (``medad.engine.volume.VolumeRunner`` with
@@ -32,7 +32,7 @@ import torch
 from monai.data import MetaTensor
 
 import medad
-from medad.data.phantoms import make_ct_phantom, make_mr_phantom
+from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
 from medad.engine.metrics import PixelMetrics, auroc
 from medad.engine.train import Selector, TrainConfig, features_from_tensors, fit_adapters, reset_adapters
 from medad.engine.volume import VolumeRunner
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     prov = {"label": LABEL, "medad_version": medad.__version__, "backbone": "tiny",
             "backbone_sha256": det.metadata.get("backbone_sha256"), "protocol": "clean",
             "protocol_label": "demo model: synthetic phantoms, validation-phantom model selection",
-            "mode": "demo", "training_data": f"medad.data.phantoms CT head + MR brain, seeds {train_seeds}, "
+            "mode": "demo", "training_data": f"medad.synthetic.phantoms CT head + MR brain, seeds {train_seeds}, "
                                              "all lesion slices + as many lesion-free slices",
             "data_fingerprint": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
             "validation_seeds": list(VAL_SEEDS), "heldout_seeds": list(TEST_SEEDS), "heldout": heldout,

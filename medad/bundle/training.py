@@ -172,7 +172,7 @@ def _slices_240(vol: torch.Tensor, affine: np.ndarray, ranges, view: str, size: 
 def make_demo_dataset(root: str | os.PathLike, name: str = "Brain_AD", seed: int = 0, n_volumes: int = 2,
                       shape: tuple[int, int, int] = (96, 96, 20), min_lesion_px: int = 40,
                       view: str = "radiological", size: int = 240) -> Path:
-    """Write a small MVFA-layout dataset of synthetic FLAIR-like phantom slices (``medad.data.make_mr_phantom``):
+    """Write a small MVFA-layout dataset of synthetic FLAIR-like phantom slices (``medad.synthetic.make_mr_phantom``):
     ``<root>/<name>/{valid,test}/{good,Ungood}/img/*.png`` and ``Ungood/anomaly_mask/*.png``.
 
     Volume ``i`` (seed ``seed + i``) goes to ``valid`` for the first half of ``n_volumes`` and to ``test`` for the
@@ -187,7 +187,7 @@ def make_demo_dataset(root: str | os.PathLike, name: str = "Brain_AD", seed: int
     from monai.data import MetaTensor
     from PIL import Image
 
-    from ..data import make_mr_phantom
+    from ..synthetic import make_mr_phantom
     from ..transforms import make_intensity
 
     if n_volumes < 2:

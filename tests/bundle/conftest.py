@@ -27,14 +27,14 @@ def model_overrides() -> dict:
 @pytest.fixture(scope="session")
 def sample_volumes(tmp_path_factory) -> dict[str, Path]:
     """``{"ct_dicom": folder of one CT series, "mr_nifti": MR .nii.gz}``: the committed sample data, or (when it is
-    absent) phantoms generated with ``medad.data`` in the same layout."""
+    absent) phantoms generated with ``medad.synthetic`` in the same layout."""
     ct = SAMPLE / "ct_head_phantom" / "dicom"
     mr = SAMPLE / "mr_flair_phantom" / "image.nii.gz"
     if ct.is_dir() and mr.is_file():
         return {"ct_dicom": ct, "mr_nifti": mr}
     import nibabel as nib
 
-    from medad.data import make_ct_phantom, make_mr_phantom, write_dicom_series
+    from medad.synthetic import make_ct_phantom, make_mr_phantom, write_dicom_series
 
     root = tmp_path_factory.mktemp("sample")
     hu, _, aff = make_ct_phantom(seed=1, shape=(64, 64, 12))

@@ -158,8 +158,8 @@ def test_find_volumes_errors(tmp_path):
 def test_find_volumes_names_several_series_in_one_folder(tmp_path):
     """Two series in one folder are two items (never stacked), named by folder + SeriesNumber."""
     import medad.bundle as mb
-    from medad.data import write_dicom_series
-    from medad.data.phantoms import default_affine
+    from medad.synthetic import write_dicom_series
+    from medad.synthetic.phantoms import default_affine
 
     hu = np.random.default_rng(0).integers(-1000, 1000, size=(24, 24, 4)).astype(np.float32)
     aff = default_affine(hu.shape, (1.0, 1.0, 3.0))

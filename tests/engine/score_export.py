@@ -26,8 +26,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medad.data import make_ct_phantom, make_mr_phantom
-from medad.data.phantoms import write_dicom_series
+from medad.synthetic import make_ct_phantom, make_mr_phantom
+from medad.synthetic.phantoms import write_dicom_series
 
 SHAPE = (40, 36, 8)
 

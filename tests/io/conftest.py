@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from io_helpers import SHAPE
 
-from medad.data import make_ct_phantom
+from medad.synthetic import make_ct_phantom
 
 
 @pytest.fixture(scope="session")

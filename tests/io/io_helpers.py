@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medad.data import default_affine
+from medad.synthetic import default_affine
 
 SHAPE = (48, 40, 10)  # X (columns) != Y (rows) to catch transposes
 

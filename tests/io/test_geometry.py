@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medad.data import write_dicom_series
+from medad.synthetic import write_dicom_series
 from medad.io import find_series, load_series, load_volume, read_nifti, save_nifti
 
 from io_helpers import SHAPE, oblique_affine, rotation

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
-from medad.data import write_dicom_series
+from medad.synthetic import write_dicom_series
 
 SHAPE_Z = 10
 from medad.io import SeriesLoadError, find_series, load_series, load_volume, write_segmentation

@@ -15,7 +15,7 @@ from io_helpers import SHAPE, oblique_affine
 from monai.data import MetaTensor
 from monai.transforms import Orientation, SpatialCrop
 
-from medad.data import write_dicom_series
+from medad.synthetic import write_dicom_series
 from medad.io import (
     StowError,
     grade_map,

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medad.data import make_ct_phantom, make_mr_phantom
+from medad.synthetic import make_ct_phantom, make_mr_phantom
 from medad.io import find_series, load_volume
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"

@@ -59,7 +59,7 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 # ------------------------------------------------------------------------------------------------------ data
 def write_phantom_nifti(path: Path, seed: int, n_lesions: int = 2, shape=(48, 40, 12), flip_x: bool = False) -> Path:
     """A small synthetic CT head as NIfTI (int16 HU). ``flip_x`` stores it with a non-RAS (+x) orientation."""
-    from medad.data.phantoms import default_affine, make_ct_phantom
+    from medad.synthetic.phantoms import default_affine, make_ct_phantom
 
     affine = default_affine(shape, (4.0, 4.0, 8.0))
     if flip_x:

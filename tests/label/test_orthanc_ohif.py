@@ -27,8 +27,8 @@ SHAPE = (64, 56, 10)
 @pytest.fixture(scope="module")
 def ct_series(tmp_path_factory) -> dict:
     """A synthetic CT head written as a 10-slice DICOM series (deterministic UIDs)."""
-    from medad.data.dicom_series import series_uids, write_dicom_series
-    from medad.data.phantoms import default_affine, make_ct_phantom
+    from medad.synthetic.dicom_series import series_uids, write_dicom_series
+    from medad.synthetic.phantoms import default_affine, make_ct_phantom
 
     hu, _, affine = make_ct_phantom(11, shape=SHAPE, n_lesions=2, affine=default_affine(SHAPE, (3.5, 3.5, 6.0)))
     files = write_dicom_series(hu, affine, tmp_path_factory.mktemp("ct_series"), seed=11,

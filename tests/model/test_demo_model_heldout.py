@@ -7,7 +7,7 @@ from monai.data import MetaTensor
 from sklearn.metrics import roc_auc_score
 
 import medad
-from medad.data.phantoms import make_ct_phantom, make_mr_phantom
+from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
 from medad.engine.volume import VolumeRunner
 
 # Training used seeds 1000-1009, model selection 2000-2002, the recorded check 3000-3003: these are fresh.

@@ -9,7 +9,7 @@ volumes of :mod:`medad.io`. Masks are ``uint8`` with 1 inside any lesion.
 
 Example::
 
-    from medad.data.phantoms import make_ct_phantom, write_dicom_series
+    from medad.synthetic.phantoms import make_ct_phantom, write_dicom_series
     hu, mask, affine = make_ct_phantom(seed=7)                   # [128,128,32] float32 HU, uint8, 4x4 RAS
     files = write_dicom_series(hu, affine, "out/ct_seed7", seed=7)
 """
