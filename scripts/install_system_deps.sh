@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages used by the integration tests: a real PACS (Orthanc + DICOMweb plugin) and headless Chromium.
+# Debian packages used by the integration tests: a real PACS (Orthanc + DICOMweb plugin), headless Chromium and
+# dicom3tools (dciodvfy, the DICOM conformance checker).
 # Best effort: without root or apt the tests that need them are skipped, never failed.
 set -u
-pkgs=(orthanc orthanc-dicomweb chromium)
+pkgs=(orthanc orthanc-dicomweb chromium dicom3tools)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
