@@ -148,16 +148,28 @@ def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str,
     return sd
 
 
+def _to_fp32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Reduced-precision floating tensors (fp16/bf16 exports, the OpenAI archive's partial fp16) -> fp32.
+
+    Done before the position-embedding resize, whose antialiased bicubic kernel has no fp16 CPU implementation; the
+    model is fp32 anyway (``precision="bf16"`` casts the backbone after loading), so an fp16 file and its fp32 twin
+    (the same values upcast) give identical weights and maps.
+    """
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32 else v
+            for k, v in sd.items()}
+
+
 def load_backbone_weights(clip: torch.nn.Module, path: str | os.PathLike, backbone: str,
                           expected_sha256: Optional[str] = None) -> str:
     """Verify and load backbone weights into an open_clip ``CLIP``; returns the file's SHA-256.
 
-    Position embeddings are resized (bicubic, antialiased) to the working grid, e.g. 24x24 -> 17x17 at 240 px.
+    Tensors may be fp32, fp16 or bf16 (cast to fp32 first). Position embeddings are resized (bicubic, antialiased) to
+    the working grid, e.g. 24x24 -> 17x17 at 240 px.
     """
     from open_clip.model import resize_pos_embed
 
     digest = verify_weights(path, expected_sha256, backbone=None)
-    sd = read_state_dict(path, trusted=True)
+    sd = _to_fp32(read_state_dict(path, trusted=True))
     resize_pos_embed(sd, clip)
     missing, unexpected = clip.load_state_dict(sd, strict=False)
     if missing or unexpected:

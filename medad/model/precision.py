@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_flags", "native_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "capability", "cpu_flags", "native_bf16", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,17 @@ def resolve_precision(precision: Optional[str], device: torch.device | str = "cp
     if value != "auto":
         return value
     chosen = "bf16" if native_bf16(device) else "fp32"
-    log.info("precision 'auto' -> %s on %s (%s)", chosen, torch.device(device).type,
-             ", ".join(sorted(cpu_flags())) if torch.device(device).type == "cpu" else "cuda bf16 probe")
+    log.info("precision 'auto' -> %s on %s (%s)", chosen, torch.device(device).type, capability(device))
     return chosen
+
+
+def capability(device: torch.device | str = "cpu") -> str:
+    """What the ``auto`` decision for ``device`` rests on, in words (for logs, provenance and benchmarks)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "CPU flags: " + (", ".join(sorted(cpu_flags())) or "none of " + ", ".join(BF16_CPU_FLAGS))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA not available"
+        return f"torch.cuda.is_bf16_supported()={bool(torch.cuda.is_bf16_supported())}"
+    return f"no native bf16 probe for {device.type}"

@@ -75,3 +75,41 @@ def test_text_features_for_several_names_match_the_detectors():
     assert feats.shape == (2, 64, 2)
     torch.testing.assert_close(feats[1], medad.load_detector(backbone="tiny", object_name="Liver").text_features)
     assert not torch.allclose(feats[0], feats[1])
+
+
+def _half_and_float_twins(sd, dtype):
+    """``(reduced, twin)``: every float tensor in ``dtype`` and the same values upcast to fp32."""
+    reduced = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    twin = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in reduced.items()}
+    return reduced, twin
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_backbone_file_gives_the_maps_of_its_fp32_twin(tmp_path, dtype):
+    """An all-fp16 (or bf16) safetensors export loads (cast to fp32 before the 24x24 -> 17x17 position-embedding
+    resize, whose CPU kernel has no fp16 version) and gives exactly the maps of the same values stored in fp32."""
+    from medad.model.backbone import build_clip, get_backbone_config
+
+    cfg = get_backbone_config("tiny")
+    cfg["clip"]["vision_cfg"]["image_size"] = 336  # a 24x24 grid checkpoint, like OpenAI's ViT-L-14-336px
+    reduced, twin = _half_and_float_twins(build_clip({**cfg, "init_seed": 7}).state_dict(), dtype)
+    assert reduced["visual.positional_embedding"].shape == (577, 64)
+    assert reduced["visual.positional_embedding"].dtype == dtype
+    paths = {}
+    for name, sd in (("reduced", reduced), ("twin", twin)):
+        paths[name] = tmp_path / f"tiny336-{name}.safetensors"
+        save_file(sd, str(paths[name]))
+    dets = {name: medad.load_detector(backbone="tiny", weights=p, expected_sha256=W.sha256_file(p), precision="fp32")
+            for name, p in paths.items()}
+    assert dets["reduced"].metadata["backbone_sha256"] != dets["twin"].metadata["backbone_sha256"]
+    for det in dets.values():
+        assert det.model.visual.positional_embedding.shape == (290, 64)
+        assert det.model.visual.positional_embedding.dtype == torch.float32
+    images = torch.rand(3, 3, 240, 240, generator=torch.Generator().manual_seed(0))
+    out = {name: det.predict(images) for name, det in dets.items()}
+    assert torch.equal(out["reduced"].anomaly_maps, out["twin"].anomaly_maps)
+    assert torch.equal(out["reduced"].image_scores, out["twin"].image_scores)
+    torch.testing.assert_close(dets["reduced"].text_features, dets["twin"].text_features, rtol=0, atol=0)
+    # the weights really are the file's (not the default seed's): the 17x17 grid differs from the default init
+    default = medad.load_detector(backbone="tiny", precision="fp32")
+    assert not torch.allclose(dets["twin"].model.visual.positional_embedding, default.model.visual.positional_embedding)

@@ -1,0 +1,142 @@
+"""precision='auto' resolves per device capability (the capability probes are mocked both ways)."""
+
+import builtins
+import io
+import logging
+
+import pytest
+import torch
+
+from medad.model import precision as P
+
+
+@pytest.fixture
+def cpu_with(monkeypatch):
+    """Make the CPU probe report exactly the given flags."""
+
+    def set_flags(*flags):
+        monkeypatch.setattr(P, "cpu_flags", lambda: frozenset(flags))
+
+    return set_flags
+
+
+@pytest.fixture
+def cuda_with(monkeypatch):
+    """Make CUDA available with or without bf16 support (no GPU needed)."""
+
+    def set_bf16(supported: bool):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+
+    return set_bf16
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"), "bf16"),  # Sapphire Rapids and newer
+    (("avx2", "avx512f", "avx512_bf16"), "bf16"),  # Cooper Lake, Zen 4
+    (("avx2", "amx_bf16", "amx_tile"), "bf16"),
+    (("avx2", "avx512f"), "fp32"),  # AVX-512 without bf16 units (Skylake-SP, Ice Lake)
+    (("avx2",), "fp32"),  # AVX2 only (Zen 2/3): bf16 is emulated and measured 4x slower
+    ((), "fp32"),
+])
+def test_auto_on_cpu_follows_the_bf16_flags(cpu_with, flags, expected):
+    cpu_with(*flags)
+    assert P.native_bf16("cpu") is (expected == "bf16")
+    assert P.resolve_precision("auto", "cpu") == expected
+    assert P.resolve_precision(None, torch.device("cpu")) == expected  # None means auto
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cuda_follows_is_bf16_supported(cuda_with, cpu_with, supported, expected):
+    cuda_with(supported)
+    cpu_with("avx2", "avx512_bf16", "amx_bf16")  # the CPU's flags must not leak into the CUDA decision
+    assert P.resolve_precision("auto", "cuda") == expected
+    assert P.resolve_precision("auto", "cuda:0") == expected
+
+
+def test_auto_on_cuda_without_cuda_is_fp32(monkeypatch, cpu_with):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: pytest.fail("probed without CUDA"))
+    cpu_with("amx_bf16")
+    assert P.resolve_precision("auto", "cuda") == "fp32"
+
+
+def test_other_devices_stay_fp32(cpu_with):
+    cpu_with("amx_bf16", "avx512_bf16")
+    assert P.resolve_precision("auto", "meta") == "fp32"
+
+
+@pytest.mark.parametrize("explicit", ["fp32", "bf16", "FP32", "BF16"])
+def test_explicit_choices_are_honoured_whatever_the_device(cpu_with, cuda_with, explicit):
+    cpu_with()  # no bf16 units: auto would pick fp32 ...
+    assert P.resolve_precision(explicit, "cpu") == explicit.lower()  # ... but an explicit bf16 is kept
+    cpu_with("amx_bf16")
+    cuda_with(False)
+    assert P.resolve_precision(explicit, "cpu") == explicit.lower()
+    assert P.resolve_precision(explicit, "cuda") == explicit.lower()
+
+
+@pytest.mark.parametrize("bad", ["fp16", "float32", "", "half"])
+def test_unknown_precision_is_refused(bad):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        P.resolve_precision(bad, "cpu")
+
+
+def test_the_auto_choice_is_logged(cpu_with, caplog):
+    cpu_with("avx2", "avx512_bf16")
+    with caplog.at_level(logging.INFO, logger=P.__name__):
+        assert P.resolve_precision("auto", "cpu") == "bf16"
+    assert "precision 'auto' -> bf16 on cpu" in caplog.text
+    assert "avx512_bf16" in caplog.text
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+flags\t\t: fpu sse2 {flags}
+bugs\t\t: spectre_v1
+
+processor\t: 1
+flags\t\t: fpu sse2 {flags}
+"""
+
+
+def _fake_cpuinfo(monkeypatch, text):
+    real_open = builtins.open
+
+    def fake_open(file, *args, **kwargs):
+        if str(file) == "/proc/cpuinfo":
+            if text is None:
+                raise FileNotFoundError(file)
+            return io.StringIO(text)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    P.cpu_flags.cache_clear()
+
+
+@pytest.fixture
+def fresh_probe():
+    P.cpu_flags.cache_clear()
+    yield
+    P.cpu_flags.cache_clear()  # later tests probe the real machine again
+
+
+@pytest.mark.parametrize("flags, expected_flags, expected", [
+    ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8 avx512_vnni", {"avx2", "avx512f", "avx512_bf16",
+                                                                         "amx_bf16", "amx_tile"}, "bf16"),
+    ("avx2 fma avx512f avx512_vnni", {"avx2", "avx512f"}, "fp32"),
+    ("avx avx2 fma", {"avx2"}, "fp32"),
+])
+def test_cpu_probe_reads_proc_cpuinfo(monkeypatch, fresh_probe, flags, expected_flags, expected):
+    _fake_cpuinfo(monkeypatch, CPUINFO.format(vendor="GenuineIntel", flags=flags))
+    assert P.cpu_flags() == expected_flags
+    assert P.resolve_precision("auto", "cpu") == expected
+
+
+@pytest.mark.parametrize("capability, expected_flags", [("AVX512", {"avx2", "avx512f"}), ("AVX2", {"avx2"}),
+                                                        ("DEFAULT", set())])
+def test_cpu_probe_without_proc_cpuinfo_never_claims_bf16(monkeypatch, fresh_probe, capability, expected_flags):
+    _fake_cpuinfo(monkeypatch, None)  # macOS, Windows, containers without /proc
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert P.cpu_flags() == expected_flags
+    assert P.resolve_precision("auto", "cpu") == "fp32"
