@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_text_atomic"]
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
 
@@ -41,3 +41,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; returns ``Path(path)``."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8", newline="")
+    return Path(path)

@@ -47,10 +47,13 @@ import numpy as np
 
 from ._header import is_localizer, read_header
 
-__all__ = ["FileRecord", "SeriesIndex", "SeriesRecord", "find_series", "is_image_file"]
+__all__ = ["FileRecord", "SeriesIndex", "SeriesRecord", "IMAGE_FILE_SUFFIXES", "find_series", "is_image_file",
+           "split_image_suffix"]
 
-_IMAGE_FILE_SUFFIXES = {".nii": "nifti", ".nii.gz": "nifti", ".nrrd": "itk", ".nhdr": "itk", ".mha": "itk",
-                        ".mhd": "itk"}
+#: The one list of volume file name endings medad reads (besides DICOM, which is recognised by content), with the
+#: reader kind: NIfTI with nibabel, the others with SimpleITK. Longest endings first.
+IMAGE_FILE_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "itk", ".nhdr": "itk", ".mha": "itk",
+                       ".mhd": "itk"}
 _SPACING_RTOL = 0.01   # relative slice-spacing tolerance (same default as highdicom)
 _TILT_TOL = 1e-3       # 1 - |cos| between stacking direction and slice normal
 
@@ -132,13 +135,19 @@ class SeriesIndex:
         return dict(out)
 
 
+def split_image_suffix(path: str | os.PathLike) -> tuple[str, str]:
+    """``(path without its volume suffix, suffix)`` for a NIfTI/NRRD/MHA file name (case kept), else ``(path, "")``."""
+    name = str(path)
+    for suf in IMAGE_FILE_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)], name[-len(suf):]
+    return name, ""
+
+
 def is_image_file(path: str | os.PathLike) -> str | None:
     """``"nifti"``/``"itk"`` for NIfTI/NRRD/MHA file names, else ``None``."""
-    name = str(path).lower()
-    for suf, kind in _IMAGE_FILE_SUFFIXES.items():
-        if name.endswith(suf):
-            return kind
-    return None
+    suffix = split_image_suffix(path)[1].lower()
+    return IMAGE_FILE_SUFFIXES[suffix] if suffix else None
 
 
 def _iter_files(inputs: Iterable[str | os.PathLike], recursive: bool) -> list[str]:

@@ -24,10 +24,10 @@ from monai.data import MetaTensor
 
 from ._header import dcmread_any
 from .dicom_index import SeriesRecord, find_series, is_image_file
+from .geometry import itk_affine, lps_ras
 
 __all__ = ["SeriesLoadError", "load_series", "load_volume", "metatensor_from_hd_volume", "read_nifti"]
 
-_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _ORIENTATION_TOL = 1e-4  # ImageOrientationPatient may differ by rounding noise between slices (grouping uses 4 dp)
 
 
@@ -66,7 +66,7 @@ def metatensor_from_hd_volume(volume, meta: dict | None = None) -> MetaTensor:
         arr = arr[:, :, ::-1]
         aff[:3, 3] += aff[:3, 2] * (arr.shape[2] - 1)
         aff[:3, 2] *= -1
-    return _make_metatensor(arr, _LPS_RAS @ aff, dict(meta or {}))
+    return _make_metatensor(arr, lps_ras(aff), dict(meta or {}))
 
 
 def _dicom_meta(ds, record: SeriesRecord | None, source: str, files: list[str]) -> dict:
@@ -84,7 +84,7 @@ def _dicom_meta(ds, record: SeriesRecord | None, source: str, files: list[str]) 
 
 
 def _sort_files_along_z(files: list[str], datasets, mt: MetaTensor) -> list[str]:
-    inv = np.linalg.inv(_LPS_RAS @ mt.affine.numpy())  # LPS mm -> voxel
+    inv = np.linalg.inv(lps_ras(mt.affine.numpy()))  # LPS mm -> voxel
     k = [float((inv @ np.r_[[float(v) for v in ds.ImagePositionPatient], 1.0])[2]) for ds in datasets]
     return [files[i] for i in np.argsort(k)]
 
@@ -162,16 +162,7 @@ def _metatensor_from_sitk(img, meta: dict) -> MetaTensor:
         arr = arr[None]
     elif dim != 3:
         raise SeriesLoadError(f"expected a 2D or 3D image, got {dim}D")
-    d = np.eye(3)
-    d[:dim, :dim] = np.asarray(img.GetDirection()).reshape(dim, dim)
-    sp = np.ones(3)
-    sp[:dim] = img.GetSpacing()
-    org = np.zeros(3)
-    org[:dim] = img.GetOrigin()
-    aff = np.eye(4)
-    aff[:3, :3] = d * sp
-    aff[:3, 3] = org
-    return _make_metatensor(arr.transpose(2, 1, 0), _LPS_RAS @ aff, meta)
+    return _make_metatensor(arr.transpose(2, 1, 0), itk_affine(img), meta)
 
 
 def read_nifti(path: str | os.PathLike) -> MetaTensor:

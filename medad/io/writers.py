@@ -1,4 +1,4 @@
-"""File writers for volumes and maps: NIfTI and PNG overlays (atomic writes).
+"""File writers for volumes and maps: NIfTI, ITK formats (NRRD/MHA) and PNG overlays (atomic writes).
 
 The DICOM writers (Parametric Map, SEG) live in :mod:`medad.io.dicom_outputs`, STOW-RS in :mod:`medad.io.dicomweb`.
 """
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
+from .geometry import itk_geometry
 
-__all__ = ["heat_colormap", "save_nifti", "save_overlay_png", "write_nifti"]
+__all__ = ["heat_colormap", "save_itk_image", "save_nifti", "save_overlay_png"]
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -58,8 +59,31 @@ def save_nifti(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.f
     return Path(path)
 
 
-#: Alias of :func:`save_nifti`.
-write_nifti = save_nifti
+def save_itk_image(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.uint8,
+                   compress: bool = False) -> Path:
+    """Write ``MetaTensor [1, X, Y, Z]`` with SimpleITK in any format it knows from the suffix (``.nrrd``, ``.mha``,
+    ``.nii.gz``, ...), geometry from the RAS affine (stored in LPS, as ITK does), atomically.
+
+    Args:
+        volume: the image/label map; its ``affine`` (voxel -> RAS) gives spacing, direction and origin.
+        path: output path; the folder is created.
+        dtype: stored data type (``np.uint8`` for label maps, the default).
+        compress: ask the writer to compress (NRRD gzip, MHA zlib).
+
+    Returns:
+        The written path.
+    """
+    import SimpleITK as sitk
+
+    arr, affine = _array_affine(volume, "volume")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0).astype(dtype)))
+    spacing, direction, origin = itk_geometry(affine)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    img.SetOrigin(origin)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), bool(compress))
+    return Path(path)
 
 
 def heat_colormap(values: np.ndarray) -> np.ndarray:

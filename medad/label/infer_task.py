@@ -1,7 +1,7 @@
 """The ``anomaly`` infer task: a volume in, a graded uint8 label map + scores out (MONAI Label ``BasicInferTask``).
 
 3D Slicer and OHIF load MONAI Label results as *label maps* (they force ``.nrrd``/``uint8``), so the continuous
-anomaly map of :class:`medad.engine.volume.VolumeRunner` is quantised with the detector's three thresholds (stored
+anomaly map of :class:`medad.inference.VolumeRunner` is quantised with the detector's three thresholds (stored
 with the adapters, overridable by ``--conf thresholds`` or per request) into ``anomaly_low=1``, ``anomaly_mid=2``,
 ``anomaly_high=3`` (0 = below the first threshold). The continuous map travels separately:
 
@@ -31,11 +31,12 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from ..inference.grading import grade
 from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
 from .errors import BadRequest, NotFound
-from .store import DetectorStore, volume_source
+from .store import DetectorStore
 
-__all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "quantize", "reference_geometry", "to_reference_grid"]
+__all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "reference_geometry", "to_reference_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,39 +45,15 @@ ANOMALY_MAP_TAG = "anomaly_map"
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def quantize(anomaly_map: torch.Tensor | np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Graded labels: 0 below ``thresholds[0]``, ``i`` for ``thresholds[i-1] <= v < thresholds[i]``, 3 above the last.
-
-    Args:
-        anomaly_map: any shape, values in [0, 1].
-        thresholds: 3 strictly increasing cut-offs.
-
-    Returns:
-        ``uint8`` array of the same shape.
-    """
-    a = anomaly_map.detach().cpu().numpy() if isinstance(anomaly_map, torch.Tensor) else np.asarray(anomaly_map)
-    return np.digitize(a, np.asarray(thresholds, dtype=np.float64)).astype(np.uint8)
-
-
 def reference_geometry(path: str) -> Optional[tuple[tuple[int, ...], np.ndarray]]:
     """``(size (X, Y, Z), RAS affine [4, 4])`` of the image file MONAI Label serves for ``path``; None for folders.
 
     The label returned to a viewer must sit on the voxel grid of that file (OHIF maps label voxels onto the image
     voxels one to one), whatever orientation the runner worked in.
     """
-    if not os.path.isfile(path):
-        return None
-    import SimpleITK as sitk
+    from medad.io import read_image_geometry
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = direction * spacing
-    lps[:3, 3] = reader.GetOrigin()
-    return tuple(int(s) for s in reader.GetSize()), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return read_image_geometry(path) if os.path.isfile(path) else None
 
 
 def to_reference_grid(volume: MetaTensor, size: Sequence[int], affine: np.ndarray, what: str) -> MetaTensor:
@@ -128,19 +105,11 @@ def write_label(label: MetaTensor, extension: str, dtype: np.dtype, compress: bo
     Written with SimpleITK in LPS like MONAI Label's ``Writer`` (which uses ITK and pays ~10 s of lazy loading on the
     first request).
     """
-    import SimpleITK as sitk
+    from medad.io import save_itk_image
 
-    arr = label.detach().cpu().numpy()
-    arr = arr[0] if arr.ndim == 4 else arr
-    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0).astype(dtype)))
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(label.affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    img.SetSpacing(spacing.tolist())
-    img.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
-    img.SetOrigin(lps[:3, 3].tolist())
     fd, path = tempfile.mkstemp(suffix=extension, prefix="medad_label_")
     os.close(fd)
-    sitk.WriteImage(img, path, bool(compress))
+    save_itk_image(label, path, dtype=dtype, compress=compress)
     return path
 
 
@@ -154,7 +123,7 @@ def _as_bool(key: str, value: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------- task
 class AnomalyInferTask(BasicInferTask):
-    """MONAI Label infer task over :class:`medad.engine.volume.VolumeRunner`.
+    """MONAI Label infer task over :class:`medad.inference.VolumeRunner`.
 
     Args:
         store: the app's :class:`~medad.label.store.DetectorStore` (shared with the train task).
@@ -196,7 +165,7 @@ class AnomalyInferTask(BasicInferTask):
         thresholds = data.get("thresholds")
         try:
             data["thresholds"] = parse_thresholds(thresholds, "params.thresholds") if thresholds is not None \
-                else tuple(det.thresholds)
+                else tuple(det.options.thresholds)
         except ConfigError as e:
             raise BadRequest(str(e)) from None
         top_k = data.get("top_k", self.app_config.top_k)
@@ -213,7 +182,7 @@ class AnomalyInferTask(BasicInferTask):
         return [self._check_request, self._load]
 
     def _load(self, data: dict[str, Any]) -> dict[str, Any]:
-        from medad.io import load_volume
+        from medad.io import load_volume, volume_source
 
         source = volume_source(data["image"])
         try:
@@ -259,7 +228,7 @@ class AnomalyInferTask(BasicInferTask):
         if ref is not None:
             amap = to_reference_grid(amap, ref[0], ref[1], what=os.path.basename(data["image"]))
         data["anomaly_map"] = amap
-        labels = quantize(amap[0], data["thresholds"])
+        labels = grade(amap[0], data["thresholds"])
         data["pred"] = MetaTensor(torch.from_numpy(labels), affine=amap.affine.clone())
         counts = np.bincount(labels.ravel(), minlength=len(LABELS) + 1)
         data["result"].update({

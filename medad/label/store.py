@@ -18,47 +18,21 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from medad.io import find_volumes, load_series, load_volume, volume_source
+
 from .config import LabelConfig
 
-__all__ = ["DetectorStore", "merge_banks", "find_volumes", "volume_source"]
+__all__ = ["DetectorStore", "merge_banks"]
 
 logger = logging.getLogger(__name__)
 
-_VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
-
-def find_volumes(path: str | os.PathLike) -> list[Path]:
-    """Volumes under ``path``: a volume file, a DICOM series folder, or a folder of those (sorted; sub-folders count
-    as DICOM series folders when they hold files; MONAI Label's ``labels/`` folder is skipped)."""
-    p = Path(path)
-    if p.is_file():
-        return [p]
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p} does not exist.")
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(_VOLUME_SUFFIXES))
-    # sub-folders are DICOM series; "labels" is MONAI Label's own bookkeeping inside a studies folder
-    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "labels"
-                     and any(f.is_file() for f in d.iterdir()))
-    if files or subdirs:
-        return files + subdirs
-    return [p]  # a folder holding one DICOM series
-
-
-def volume_source(image: str) -> str:
-    """The DICOM series folder behind a MONAI Label image path when there is one, else the path itself.
-
-    A DICOMweb datastore caches a series as ``<cache>/<SeriesInstanceUID>/`` (DICOM files) next to
-    ``<cache>/<SeriesInstanceUID>.nii.gz`` (what MONAI Label hands to the tasks). Reading the DICOM folder keeps the
-    modality (so the runner's intensity rule is the same for inference and for the memory bank) and the source
-    instances the Parametric Map and SEG must reference.
-    """
-    if os.path.isfile(image):
-        for suffix in _VOLUME_SUFFIXES:
-            if image.endswith(suffix):
-                folder = image[: -len(suffix)]
-                if os.path.isdir(folder) and any(os.scandir(folder)):
-                    return folder
-    return image
+def _load(source):
+    """A support/normal study as a volume: a :func:`medad.io.find_volumes` item or an image path (a DICOMweb-cache
+    NIfTI is read from its DICOM series folder, see :func:`medad.io.volume_source`)."""
+    if isinstance(source, dict):
+        return load_series(source["series"])
+    return load_volume(volume_source(str(source)))
 
 
 def merge_banks(banks: Sequence[Any]):
@@ -105,8 +79,10 @@ class DetectorStore:
 
         cfg = self.config
         adapters = cfg.adapters if cfg.adapters in (None, "demo") else sha256_file(cfg.adapters)
-        support = ([(p.name, p.stat().st_size if p.is_file() else len(list(p.iterdir())))
-                    for p in find_volumes(cfg.support)] if cfg.support else None)
+        support = None
+        if cfg.support:
+            images = sorted({Path(v["image"]) for v in find_volumes(cfg.support)}, key=lambda p: (p.is_dir(), p))
+            support = [(p.name, p.stat().st_size if p.is_file() else len(list(p.iterdir()))) for p in images]
         parts = {"backbone": cfg.backbone, "weights": os.path.basename(cfg.weights or ""), "adapters": adapters,
                  "object_name": cfg.object_name, "support": support, "shots": cfg.shots}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -142,14 +118,14 @@ class DetectorStore:
                                   adapters=cfg.site_checkpoint if site else cfg.adapters,
                                   object_name=cfg.object_name, device=cfg.device, precision=cfg.precision)
         if cfg.thresholds is not None:
-            det.thresholds = tuple(cfg.thresholds)
+            det.options.thresholds = tuple(cfg.thresholds)
         if not site and cfg.support:
             det.memory_bank = merge_banks([det.memory_bank, self.bank_from(det, find_volumes(cfg.support))])
         return det
 
     def make_runner(self, detector):
-        """A :class:`medad.engine.volume.VolumeRunner` with the ``runner.*`` options (``top_k`` from the app)."""
-        from medad.engine.volume import VolumeRunner
+        """A :class:`medad.inference.VolumeRunner` with the ``runner.*`` options (``top_k`` from the app)."""
+        from medad.inference import VolumeRunner
 
         return VolumeRunner(detector, **{"top_k": self.config.top_k, **self.config.runner_options})
 
@@ -167,14 +143,12 @@ class DetectorStore:
         idx = np.unique(np.round(np.linspace(lo, hi, min(self.config.shots, len(x)))).astype(int))
         return x[torch.as_tensor(idx)]
 
-    def bank_from(self, detector, sources: Sequence[str | os.PathLike]):
+    def bank_from(self, detector, sources: Sequence[str | os.PathLike | dict]):
         """Memory bank of ``config.shots`` slices of each normal volume in ``sources`` (None if no sources).
 
-        ``detector.memory_bank`` is left unchanged.
+        ``sources``: image paths or :func:`medad.io.find_volumes` items. ``detector.memory_bank`` is left unchanged.
         """
-        from medad.io import load_volume
-
-        images = [self.support_slices(load_volume(volume_source(str(src))), detector) for src in sources]
+        images = [self.support_slices(_load(src), detector) for src in sources]
         if not images:
             return None
         previous = detector.memory_bank
@@ -197,20 +171,19 @@ class DetectorStore:
             return self._detector, self._runner
 
     def fingerprint(self) -> str:
-        """Short digest of what determines the maps: backbone weights, adapters, site checkpoint, bank, thresholds."""
+        """Short digest of what determines the maps: the detector's fingerprint (weights, bank, options with
+        thresholds) and the runner options."""
         import hashlib
 
         det, _ = self.get()
-        parts = [det.backbone, str(det.metadata.get("backbone_sha256")), str(self.config.adapters),
-                 str(self._loaded_mtime), str(len(det.memory_bank) if det.memory_bank is not None else 0),
-                 ",".join(f"{t:.6g}" for t in det.thresholds), json.dumps(self.config.runner_options, sort_keys=True)]
+        parts = [det.fingerprint(), json.dumps(self.config.runner_options, sort_keys=True)]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def info(self) -> dict[str, Any]:
         """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers)."""
         det, _ = self.get()
         bank = det.memory_bank
-        return {"backbone": det.backbone, "object_name": det.object_name, "thresholds": list(det.thresholds),
+        return {"backbone": det.backbone, "object_name": det.options.object_name, "thresholds": list(det.options.thresholds),
                 "memory_bank_tokens": len(bank) if bank is not None else 0,
                 "site_checkpoint": bool(self._site_in_use)}
 

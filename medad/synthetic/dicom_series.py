@@ -24,6 +24,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ..io.geometry import lps_ras
+
 __all__ = ["TRANSFER_SYNTAXES", "series_uids", "write_dicom_series"]
 
 #: Short names accepted by ``write_dicom_series(transfer_syntax=...)``.
@@ -107,7 +109,7 @@ def write_dicom_series(
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"volume must be [X, Y, Z], got shape {volume.shape}")
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+    lps = lps_ras(affine)
     col_step, row_step, slice_step = lps[:3, 0], lps[:3, 1], lps[:3, 2]
     sx, sy, sz = (float(np.linalg.norm(v)) for v in (col_step, row_step, slice_step))
     normal = np.cross(col_step / sx, row_step / sy)

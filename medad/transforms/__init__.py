@@ -8,7 +8,6 @@ from .intensity import (
     CTWindow,
     CTWindowd,
     FixedRangeScale,
-    FixedRangeScaled,
     ForegroundPercentileScale,
     ForegroundPercentileScaled,
     MinMaxScale,

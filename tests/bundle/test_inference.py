@@ -113,7 +113,7 @@ def test_demo_maps_localise_the_sample_lesions(inference_run):
 def test_bundle_is_wiring_over_volume_runner(inference_run, dataset_dir):
     """The bundle's map and scores equal a direct ``VolumeRunner`` call on the same volume (no extra math)."""
     import medad
-    from medad.engine.volume import VolumeRunner
+    from medad.inference import VolumeRunner
     from medad.io import load_volume
 
     _, out, _ = inference_run
@@ -132,7 +132,7 @@ def test_cli_from_repo_root(sample_volumes, tmp_path):
     """``python -m monai.bundle run`` as a user types it, from the repository root, on one NIfTI file."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS.relative_to(REPO) / "inference.json"),
-           "--datalist", f"$medad.bundle.find_volumes(['{sample_volumes['mr_nifti']}'])", "--output_dir", str(out)]
+           "--datalist", f"$medad.io.find_volumes(['{sample_volumes['mr_nifti']}'])", "--output_dir", str(out)]
     for k, v in model_overrides().items():
         cmd += [f"--{k}", "$None" if v is None else v]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -146,18 +146,19 @@ def test_cli_from_repo_root(sample_volumes, tmp_path):
 
 
 def test_find_volumes_errors(tmp_path):
-    import medad.bundle as mb
+    from medad.io import find_volumes
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        mb.find_volumes(tmp_path / "nope")
+        find_volumes(tmp_path / "nope")
     (tmp_path / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="no loadable volume"):
-        mb.find_volumes(tmp_path)
+        find_volumes(tmp_path)
 
 
 def test_find_volumes_names_several_series_in_one_folder(tmp_path):
     """Two series in one folder are two items (never stacked), named by folder + SeriesNumber."""
     import medad.bundle as mb
+    from medad.io import find_volumes
     from medad.synthetic import write_dicom_series
     from medad.synthetic.phantoms import default_affine
 
@@ -165,7 +166,7 @@ def test_find_volumes_names_several_series_in_one_folder(tmp_path):
     aff = default_affine(hu.shape, (1.0, 1.0, 3.0))
     write_dicom_series(hu, aff, tmp_path / "study", seed=3, series_number=2, file_prefix="A")
     write_dicom_series(hu[:, :, :3], aff, tmp_path / "study", seed=4, series_number=5, file_prefix="B")
-    items = sorted(mb.find_volumes(tmp_path), key=lambda i: i["name"])
+    items = sorted(find_volumes(tmp_path), key=lambda i: i["name"])
     assert [i["name"] for i in items] == ["study_s2", "study_s5"]
     vols = [mb.LoadVolumed("image")(i)["image"] for i in items]
     assert [tuple(v.shape) for v in vols] == [(1, 24, 24, 4), (1, 24, 24, 3)]

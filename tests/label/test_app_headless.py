@@ -162,13 +162,17 @@ def test_conf_errors_name_the_option(tmp_path):
 
 def test_support_studies_build_the_memory_bank_at_start(tmp_path, studies_dir):
     from medad.label.config import LabelConfig
-    from medad.label.store import DetectorStore, find_volumes
+    from pathlib import Path
 
-    assert [p.name for p in find_volumes(studies_dir)] == ["case_a.nii.gz", "case_b.nii.gz", "case_n.nii.gz"]
+    from medad.io import find_volumes
+    from medad.label.store import DetectorStore
+
+    assert [Path(v["image"]).name for v in find_volumes(studies_dir)] == ["case_a.nii.gz", "case_b.nii.gz",
+                                                                          "case_n.nii.gz"]
     cfg = LabelConfig.from_conf(str(tmp_path), {**TEST_CONF, "support": str(studies_dir / "case_n.nii.gz")})
     det, runner = DetectorStore(cfg).get()
     assert len(det.memory_bank) == int(TEST_CONF["shots"]) * 17 * 17
-    assert runner.top_k == cfg.top_k and det.thresholds == (0.3, 0.5, 0.7)
+    assert runner.top_k == cfg.top_k and det.options.thresholds == (0.3, 0.5, 0.7)
     cfg = LabelConfig.from_conf(str(tmp_path), {**TEST_CONF, "support": str(studies_dir), "shots": "1"})
     assert len(DetectorStore(cfg).get()[0].memory_bank) == 3 * 17 * 17  # one slice of each of the 3 studies
 

@@ -14,7 +14,6 @@ from .array import (
 )
 from .dictionary import (
     CTWindowd,
-    FixedRangeScaled,
     ForegroundPercentileScaled,
     MinMaxScaled,
     ModalityIntensityd,

@@ -10,7 +10,6 @@ from monai.transforms import MapTransform
 
 from .array import (
     CTWindow,
-    FixedRangeScale,
     ForegroundPercentileScale,
     MinMaxScale,
     ModalityIntensity,
@@ -25,7 +24,6 @@ __all__ = [
     "ForegroundPercentileScaled",
     "PercentileScaled",
     "MinMaxScaled",
-    "FixedRangeScaled",
     "ModalityIntensityd",
 ]
 
@@ -81,14 +79,6 @@ class MinMaxScaled(RangeScaled):
     def __init__(self, keys: KeysCollection, clip: bool = True, dtype: torch.dtype = torch.float32,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, MinMaxScale(clip=clip, dtype=dtype), allow_missing_keys)
-
-
-class FixedRangeScaled(RangeScaled):
-    """Dictionary form of :class:`~medad.transforms.intensity.array.FixedRangeScale`."""
-
-    def __init__(self, keys: KeysCollection, lo: float = 0.0, hi: float = 255.0, clip: bool = True,
-                 dtype: torch.dtype = torch.float32, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, FixedRangeScale(lo, hi, clip=clip, dtype=dtype), allow_missing_keys)
 
 
 class ModalityIntensityd(RangeScaled):
