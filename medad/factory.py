@@ -15,6 +15,8 @@ from .checkpoints import apply_checkpoint, read_checkpoint
 from .model.backbone import build_clip, get_backbone_config
 from .model.detector import AnomalyDetector
 from .model.mvfa import MVFAModel
+from .model.options import DetectorOptions
+from .model.precision import resolve_precision
 from .model.prompts import PROMPT_SET, encode_prompt_ensemble
 from .weights import WeightsError, cache_dir, find_cached_weights, load_backbone_weights, sha256_file
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
 #: The embedded demo model: tiny backbone + adapters trained on synthetic phantoms. NOT for clinical use.
 DEMO_ADAPTERS = ASSETS / "demo-tiny-phantom.pt"
-DEFAULT_OBJECT_NAME = "Brain"
+DEFAULT_OBJECT_NAME = DetectorOptions.object_name
 
 
 def _resolve_adapters(adapters: Optional[str | os.PathLike]) -> Optional[Path]:
@@ -113,9 +115,12 @@ def load_detector(
         adapters: adapter checkpoint (released MVFA format or medad's), ``"demo"`` for the embedded demo model, or
             None for fresh (untrained) adapters.
         object_name: prompt object name; None = the checkpoint's, else ``"Brain"``.
-        device: torch device. precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        device: torch device.
+        precision: ``"fp32"``, ``"bf16"`` (bf16 backbone weights; adapters and scores stay fp32) or ``"auto"``
+            (bf16 where ``device`` computes it natively, see :func:`medad.model.precision.resolve_precision`).
         expected_sha256: accept a weights file with this hash even if it is not a known release.
     """
+    precision = resolve_precision(precision, device)
     ckpt_path = _resolve_adapters(adapters)
     ckpt = read_checkpoint(ckpt_path) if ckpt_path else None
     extra = (ckpt or {}).get("medad") or {}
@@ -134,8 +139,8 @@ def load_detector(
     with torch.random.fork_rng(devices=[]):  # fresh adapters are reproducible too
         torch.manual_seed(seed + 1)
         model = MVFAModel(clip.visual, cfg["adapter_levels"], cfg["clip"]["embed_dim"])
-    det = AnomalyDetector(model, text, object_name=object_name, backbone=backbone, image_size=cfg["image_size"],
-                          precision=precision)
+    det = AnomalyDetector(model, text, backbone=backbone, image_size=cfg["image_size"],
+                          options=DetectorOptions(object_name=object_name, prompt_set=PROMPT_SET), precision=precision)
     if ckpt is not None:
         apply_checkpoint(det, ckpt, source=str(ckpt_path))
     det.metadata["backbone_sha256"] = backbone_id

@@ -32,6 +32,7 @@ import torch
 from monai.data import MetaTensor
 
 import medad
+from medad.checkpoints import save_checkpoint
 from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
 from medad.engine.metrics import PixelMetrics, auroc
 from medad.engine.train import Selector, TrainConfig, features_from_tensors, fit_adapters, reset_adapters
@@ -120,17 +121,17 @@ def heldout_auroc(det, seeds=TEST_SEEDS) -> dict:
 
 
 def tune_smoothing(det, grid=(0.0, 4.0, 8.0, 12.0, 16.0)) -> dict:
-    """Pick the map's Gaussian smoothing (``det.smoothing_sigma``, pixels at 240) on the *validation* phantoms.
+    """Pick the map's Gaussian smoothing (``det.options.smoothing_sigma``, pixels at 240) on the *validation* phantoms.
 
     The criterion is the mean of the CT and MR voxel AUROC on ``VAL_SEEDS`` (never the held-out seeds).
     """
     scores = {}
     for sigma in grid:
-        det.smoothing_sigma = sigma
+        det.options.smoothing_sigma = sigma
         r = heldout_auroc(det, VAL_SEEDS)
         scores[sigma] = (r["CT"]["voxel_auroc"] + r["MR"]["voxel_auroc"]) / 2
         print(f"smoothing sigma {sigma}: validation voxel AUROC (mean CT/MR) {scores[sigma]:.4f}", flush=True)
-    det.smoothing_sigma = max(scores, key=scores.get)
+    det.options.smoothing_sigma = max(scores, key=scores.get)
     return {str(k): v for k, v in scores.items()}
 
 
@@ -171,13 +172,13 @@ def main(argv=None) -> int:
         det = medad.load_detector(adapters=out)
         prov = dict(det.metadata)
         prov["smoothing_validation"] = tune_smoothing(det)
-        prov["smoothing_sigma"] = det.smoothing_sigma
+        prov["smoothing_sigma"] = det.options.smoothing_sigma
         prov["heldout"] = heldout_auroc(det)
         print("held-out:", json.dumps(prov["heldout"]), flush=True)
-        det.save_adapters(out, extra=prov, include_backbone=True)
+        save_checkpoint(det, out, extra=prov, include_backbone=True)
         if out.resolve() == ASSET.resolve():
             write_sums(out)
-        print(f"saved {out} (smoothing sigma {det.smoothing_sigma})")
+        print(f"saved {out} (smoothing sigma {det.options.smoothing_sigma})")
         return 0
 
     t0 = time.time()
@@ -210,10 +211,10 @@ def main(argv=None) -> int:
             "data_fingerprint": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
             "validation_seeds": list(VAL_SEEDS), "heldout_seeds": list(TEST_SEEDS), "heldout": heldout,
             "untrained_heldout": untrained, "epochs": args.epochs, "best_epoch": best, "lr": args.lr,
-            "lr_schedule": args.lr_schedule, "smoothing_sigma": det.smoothing_sigma,
+            "lr_schedule": args.lr_schedule, "smoothing_sigma": det.options.smoothing_sigma,
             "smoothing_validation": smoothing,
             "preprocessing": "VolumeRunner(intensity='auto', view='radiological')"}
-    det.save_adapters(out, extra=prov, include_backbone=True)
+    save_checkpoint(det, out, extra=prov, include_backbone=True)
     if out.resolve() == ASSET.resolve():
         write_sums(out)
     print(f"saved {out} ({out.stat().st_size / 1e6:.2f} MB, sha256 {sha256(out)[:16]}...) in {time.time() - t0:.0f}s")

@@ -18,6 +18,7 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from ..io._atomic import atomic_path
+from ..model.options import DEFAULT_THRESHOLDS
 from .data import output_name
 
 __all__ = ["VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS"]
@@ -108,14 +109,14 @@ class SaveAnomalyMapd(MapTransform):
         parametric_map, segmentation: also write ``<name>_pm.dcm`` / ``<name>_seg.dcm`` (DICOM sources only; a
             NIfTI source is logged and skipped).
         thresholds: SEG grade thresholds (``anomaly_low/mid/high``); use the detector's calibrated ones
-            (``network_def.detector.thresholds``).
+            (``network_def.detector.options.thresholds``).
 
     The written file names are added to the map's ``meta["saved_files"]`` for :class:`SaveVolumeScoresd`.
     """
 
     def __init__(self, keys: KeysCollection = "pred", output_dir: str | os.PathLike = "./eval",
                  output_postfix: str = "anomaly", parametric_map: bool = False, segmentation: bool = False,
-                 thresholds: Sequence[float] = (0.5, 0.7, 0.9), allow_missing_keys: bool = False) -> None:
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix

@@ -1,4 +1,9 @@
-"""The bundle's ``network_def``: :class:`SliceAnomalyNet`, and :func:`save_model` for ``models/model.pt``."""
+"""The bundle's ``network_def``: :class:`SliceAnomalyNet`, and :func:`save_model` for ``models/model.pt``.
+
+``models/model.pt`` is a medad checkpoint (:mod:`medad.checkpoints`, the one format): ``SliceAnomalyNet.state_dict()``
+returns that checkpoint dict and ``load_state_dict`` reads it, so a file written by ``medad train`` /
+:func:`medad.checkpoints.save_checkpoint` and one written by the bundle are the same thing.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,20 @@ from typing import Any, Mapping, Optional
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
-__all__ = ["SliceAnomalyNet", "is_adapter_checkpoint", "save_model"]
+from ..checkpoints import apply_checkpoint, checkpoint_state, is_checkpoint, save_checkpoint
+from ..factory import load_detector
+
+__all__ = ["SliceAnomalyNet", "save_model"]
 
 log = logging.getLogger(__name__)
 
-_EXTRA_OPTIONS = ("image_score_rule", "normalize_input", "include_cls_in_bank", "smoothing_sigma")
+
+def _include_backbone(detector) -> bool:
+    """Only the small ``tiny`` backbone travels inside ``models/model.pt`` (demo checkpoints are self-contained);
+    a CLIP backbone stays in its own file (``--backbone_weights``)."""
+    return detector.backbone == "tiny"
 
 
 class SliceAnomalyNet(nn.Module):
@@ -22,15 +35,18 @@ class SliceAnomalyNet(nn.Module):
     Args:
         backbone, weights, adapters, object_name, precision: passed to :func:`medad.load_detector` (``adapters="demo"``
             is the embedded demo model: tiny backbone, adapters trained on synthetic phantoms, NOT for clinical use;
-            ``weights`` is the backbone weights file, e.g. OpenAI's ``ViT-L-14-336px.pt``).
+            ``weights`` is the backbone weights file, e.g. OpenAI's ``ViT-L-14-336px.pt``; ``precision`` may be
+            ``"auto"``).
         detector: an already built :class:`~medad.model.detector.AnomalyDetector` (the other arguments are ignored).
 
     Shapes:
         ``forward(x)``: ``x`` float ``[B, 3, H, W]`` RGB in [0, 1] (any ``H, W``; resized to the detector's working
         size internally) -> float32 ``[B, 1, H, W]`` fused, normalized anomaly map in [0, 1].
 
-    ``state_dict()`` holds every tensor of the detector plus an ``_extra_state`` entry (memory bank, thresholds,
-    scoring options) made of tensors and plain values, so it loads with ``torch.load(weights_only=True)``.
+    ``state_dict()`` is the medad checkpoint dict of the detector (:func:`medad.checkpoints.checkpoint_state`: released
+    MVFA adapter keys + plain-data extras, ``torch.load(weights_only=True)``-loadable), exactly what
+    :func:`save_model` writes to ``models/model.pt``; ``load_state_dict`` reads it (or any MVFA/medad checkpoint), so
+    ``CheckpointLoader``, ``ckpt_export`` and MONAI Label's bundle tasks all read ``models/model.pt``.
     """
 
     def __init__(self, backbone: Optional[str] = None, weights: Optional[str] = None,
@@ -38,8 +54,6 @@ class SliceAnomalyNet(nn.Module):
                  detector: Optional[nn.Module] = None) -> None:
         super().__init__()
         if detector is None:
-            from ..factory import load_detector
-
             detector = load_detector(backbone=backbone, weights=weights, adapters=adapters, object_name=object_name,
                                      precision=precision)
         self.detector = detector
@@ -58,65 +72,28 @@ class SliceAnomalyNet(nn.Module):
         finally:
             self.detector.train(was_training)
 
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The detector's medad checkpoint dict (see the class docstring). Nested inside another module (a
+        ``prefix`` or ``destination`` given), the usual flat entries of the detector's module state instead."""
+        if args or destination is not None or prefix:
+            return super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return checkpoint_state(self.detector, include_backbone=_include_backbone(self.detector))
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        """Load either this module's ``state_dict()`` or an MVFA/medad adapter checkpoint (the bundle's
-        ``models/model.pt``, see :func:`save_model`), so ``CheckpointLoader``, ``ckpt_export`` and MONAI Label's
-        bundle tasks can all read ``models/model.pt``."""
-        if is_adapter_checkpoint(state_dict):
-            from torch.nn.modules.module import _IncompatibleKeys
-
-            from ..checkpoints import apply_checkpoint
-
-            apply_checkpoint(self.detector, dict(state_dict), source="models/model.pt (adapter checkpoint)")
+        """Load a medad/MVFA checkpoint dict (``models/model.pt``, :meth:`state_dict`) with its text features and
+        options, or a flat module state dict (``detector.*`` keys)."""
+        if is_checkpoint(state_dict):
+            apply_checkpoint(self.detector, state_dict, source="models/model.pt (medad checkpoint)", with_text=True)
             return _IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    # the memory bank and scoring options are plain attributes of the detector: keep them in the state dict
-    def get_extra_state(self) -> dict[str, Any]:
-        det = self.detector
-        bank = det.memory_bank
-        return {
-            "memory_bank": None if bank is None else {"seg": bank.seg.detach().cpu(), "det": bank.det.detach().cpu()},
-            "thresholds": [float(t) for t in det.thresholds],
-            "object_name": str(det.object_name),
-            "backbone": str(det.backbone),
-            **{k: getattr(det, k) for k in _EXTRA_OPTIONS},
-        }
-
-    def set_extra_state(self, state: Any) -> None:
-        from ..model.memory_bank import MemoryBank
-
-        det = self.detector
-        if not isinstance(state, Mapping):
-            raise ValueError(f"SliceAnomalyNet extra state must be a dict, got {type(state).__name__}")
-        if state.get("backbone") not in (None, det.backbone):
-            raise ValueError(f"checkpoint was saved for backbone {state['backbone']!r} but network_def built "
-                             f"{det.backbone!r}: pass the matching --backbone/--adapters overrides")
-        bank = state.get("memory_bank")
-        det.memory_bank = None if not bank else MemoryBank(bank["seg"], bank["det"]).to(det.device)
-        if state.get("thresholds"):
-            det.thresholds = tuple(float(t) for t in state["thresholds"])
-        if state.get("object_name"):
-            det.object_name = state["object_name"]
-        for k in _EXTRA_OPTIONS:
-            if k in state:
-                setattr(det, k, state[k])
-
-
-def is_adapter_checkpoint(state: Mapping) -> bool:
-    """True for an MVFA/medad adapter checkpoint (``seg_adapters`` + ``det_adapters`` keys), not a state dict."""
-    return isinstance(state, Mapping) and "seg_adapters" in state and "det_adapters" in state
-
 
 def save_model(network: nn.Module, path: str | os.PathLike) -> str:
-    """Write the bundle's ``models/model.pt``: the detector's medad adapter checkpoint (released MVFA keys + medad
-    extras: normalizers, memory bank, thresholds, text features; the backbone too when it is the small ``tiny``
-    one, so demo checkpoints are self-contained). ``network``: a :class:`SliceAnomalyNet` (DDP unwrapped) or a
-    detector. The big CLIP backbone is never copied: it stays in its own file (``--backbone_weights``)."""
+    """Write the bundle's ``models/model.pt`` with :func:`medad.checkpoints.save_checkpoint` (released MVFA keys +
+    medad extras: options, normalizers, memory bank, text features; the backbone too when it is the small ``tiny``
+    one). ``network``: a :class:`SliceAnomalyNet` (DDP unwrapped) or a detector."""
     net = getattr(network, "module", network)
     det = getattr(net, "detector", net)
-    det.save_adapters(path, include_backbone=(det.backbone == "tiny"))
-    log.info("saved the %s-backbone adapter checkpoint to %s", det.backbone, path)
+    save_checkpoint(det, path, include_backbone=_include_backbone(det))
+    log.info("saved the %s-backbone checkpoint to %s", det.backbone, path)
     return str(path)
-
-

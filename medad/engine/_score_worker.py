@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import SeriesRecord, load_series
+from ..model.options import DEFAULT_THRESHOLDS
 from . import manifest as mf
 
 __all__ = ["SeriesLoader", "StowGate", "check_shared_memory", "label_map_reason", "run_with_backoff", "balanced_shards", "default_batch_size", "default_workers",
@@ -297,7 +298,7 @@ def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, o
                     series_uid=generate_uid(entropy_srcs=[*uid_base, "pm-series"]),
                     sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "pm-instance"])))
                 outputs["seg"] = rel(write_segmentation(
-                    result.anomaly_map, sources, sdir / "seg.dcm", thresholds=thresholds or (0.5, 0.7, 0.9),
+                    result.anomaly_map, sources, sdir / "seg.dcm", thresholds=thresholds or DEFAULT_THRESHOLDS,
                     series_uid=generate_uid(entropy_srcs=[*uid_base, "seg-series"]),
                     sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "seg-instance"])))
             elif dicom_out:

@@ -83,9 +83,9 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
         raise ValueError("no samples to evaluate")
     t0 = time.time()
     saved_norm = copy.deepcopy(det.normalizer.state_dict())
-    saved_rule = det.image_score_rule
+    saved_rule = det.options.image_score_rule
     if image_score_rule is not None:
-        det.image_score_rule = image_score_rule
+        det.options.image_score_rule = image_score_rule
     try:
         if normalization == "transductive":
             fit_normalizers(det, samples, batch_size, num_workers, progress)
@@ -104,7 +104,7 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
         scores_t, labels_t = torch.cat(scores), torch.cat(labels)
         out = {"n_images": len(samples), "n_normal": int((labels_t == 0).sum()),
                "n_abnormal": int((labels_t == 1).sum()),
-               "normalization": normalization, "image_score_rule": det.image_score_rule,
+               "normalization": normalization, "image_score_rule": det.options.image_score_rule,
                "memory_bank": det.memory_bank is not None}
         out.update(image_metrics(scores_t, labels_t))
         out["image_auroc_text_branch"] = (auroc(torch.cat(text_scores), labels_t)
@@ -119,7 +119,7 @@ def evaluate_samples(det: AnomalyDetector, samples: Sequence[Sample], has_masks:
         return out
     finally:
         det.normalizer.load_state_dict(saved_norm)
-        det.image_score_rule = saved_rule
+        det.options.image_score_rule = saved_rule
 
 
 def evaluate(det: AnomalyDetector, dataset: ADDataset, split: str = "test", **kwargs) -> dict:

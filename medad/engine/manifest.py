@@ -221,35 +221,14 @@ def _version() -> str:
 
 
 def model_digest(det) -> str:
-    """SHA-256 of the detector's state: adapters, text features, normalizers, memory bank, scoring options, and the
-    backbone weights when small (< 50 M values, e.g. ``tiny``; a large backbone is identified by
-    ``det.metadata["backbone_sha256"]``, which the factory verified, instead of hashing a GB per run)."""
-    import torch
-
-    h = hashlib.sha256()
-    state = det.state_dict()
-    if sum(v.numel() for k, v in state.items() if k.startswith("model.visual.")) >= 50_000_000:
-        state = {k: v for k, v in state.items() if not k.startswith("model.visual.")}
-    bank = getattr(det, "memory_bank", None)
-    if bank is not None and hasattr(bank, "state_dict"):
-        state.update({f"memory_bank.{k}": v for k, v in bank.state_dict().items()})
-    for k in sorted(state):
-        v = state[k]
-        h.update(k.encode())
-        if isinstance(v, torch.Tensor):
-            h.update(str(v.dtype).encode())
-            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(repr(v).encode())
-    for k in ("image_score_rule", "include_cls_in_bank", "normalize_input", "smoothing_sigma", "precision"):
-        h.update(f"{k}={getattr(det, k, None)!r}".encode())
-    return h.hexdigest()
+    """The detector's fingerprint (:meth:`medad.model.detector.AnomalyDetector.fingerprint`)."""
+    return det.fingerprint()
 
 
 def run_config(det, *, axis, intensity, top_k, overlays, dicom_out) -> dict:
     """``run.json``: everything that changes the outputs (not workers, batch size, device, filters)."""
     return {"medad": _version(), "backbone": det.backbone, "backbone_sha256": det.metadata.get("backbone_sha256", ""),
-            "model_sha256": model_digest(det), "object_name": det.object_name, "thresholds": list(getattr(det, "thresholds", ())),
+            "model_sha256": model_digest(det), "object_name": det.options.object_name, "thresholds": list(det.options.thresholds),
             "axis": axis, "intensity": str(intensity), "top_k": int(top_k), "overlays": int(overlays),
             "dicom_out": bool(dicom_out)}
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medad import __version__
+from medad.checkpoints import save_checkpoint
 from medad.model import scoring
 from medad.model.detector import AnomalyDetector
 
@@ -348,10 +349,10 @@ def text_table(det: AnomalyDetector, object_names: Sequence[str], backbone: str,
     """``[T, D, 2]`` text features for ``object_names`` (``det``'s own name reuses its features)."""
     from ..factory import text_features
 
-    others = [n for n in dict.fromkeys(object_names) if n != det.object_name]
+    others = [n for n in dict.fromkeys(object_names) if n != det.options.object_name]
     # the detector keeps no text tower: one backbone load encodes every other name (features are disk-cached)
     feats = dict(zip(others, text_features(backbone, others, weights))) if others else {}
-    feats[det.object_name] = det.text_features.detach().cpu()
+    feats[det.options.object_name] = det.text_features.detach().cpu()
     return torch.stack([feats[n].cpu() for n in object_names])
 
 
@@ -369,7 +370,7 @@ def _provenance(det: AnomalyDetector, protocol: str, mode: str, samples: Sequenc
 
 def _save(result: TrainResult, out: Optional[str | Path]) -> TrainResult:
     if out is not None and world_info().main:
-        result.checkpoint = Path(result.detector.save_adapters(out, extra=result.provenance) or out)
+        result.checkpoint = Path(save_checkpoint(result.detector, out, extra=result.provenance) or out)
         logger.info("saved adapters to %s", result.checkpoint)
     return result
 
@@ -480,7 +481,7 @@ def train_few_shot(dataset: ADDataset, k: int, *, backbone: str = "ViT-L-14-336"
         history, best_epoch = fit_adapters(det, train, texts, config, lr, selectors)
     det.fit_memory_bank(aug_images[aug_labels == 0], batch_size=config.encode_batch_size)
     if protocol == "paper" and dataset.has_masks:
-        det.image_score_rule = "map_max"
+        det.options.image_score_rule = "map_max"
     if protocol == "clean" and rest:
         from .evaluate import fit_normalizers
 

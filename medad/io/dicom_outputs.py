@@ -26,11 +26,9 @@ from ._atomic import atomic_path
 from ._header import dcmread_any
 from .writers import _array_affine
 
-__all__ = ["DEFAULT_SEGMENT_LABELS", "DEFAULT_THRESHOLDS", "grade_map", "write_parametric_map", "write_segmentation"]
+__all__ = ["DEFAULT_SEGMENT_LABELS", "grade_map", "write_parametric_map", "write_segmentation"]
 
 DEFAULT_SEGMENT_LABELS = ("anomaly_low", "anomaly_mid", "anomaly_high")
-#: Placeholder thresholds on a [0, 1] map; pass the calibrated ones stored with the weights.
-DEFAULT_THRESHOLDS = (0.5, 0.7, 0.9)
 
 _MANUFACTURER = "medad"
 _MODEL = "medad-clip"
@@ -186,7 +184,7 @@ def write_segmentation(
     source_files: Sequence[str | os.PathLike],
     path: str | os.PathLike,
     *,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float] | None = None,
     labels: Sequence[str] | Mapping[str, int] = DEFAULT_SEGMENT_LABELS,
     series_description: str = "Anomaly segmentation (research use only)",
     series_number: int = 902,
@@ -206,7 +204,8 @@ def write_segmentation(
         source_files: the DICOM files of the source series (or the one multi-frame file), or the source volume
             (its ``meta["source_files"]``).
         path: output ``.dcm`` path.
-        thresholds: strictly increasing, one per label (calibrated thresholds from the model, not these defaults).
+        thresholds: strictly increasing, one per label (the model's, ``detector.options.thresholds``); required for
+            a float map.
         labels: segment labels in grade order, or a ``{label: value}`` dict (``"background"`` ignored).
         series_description, series_number, series_uid, sop_instance_uid, manufacturer_model_name: as for
             :func:`write_parametric_map`.
@@ -227,6 +226,8 @@ def write_segmentation(
         if graded_arr.max(initial=0) > len(labels):
             raise ValueError(f"label map holds value {graded_arr.max()} but only {len(labels)} labels were given")
     else:
+        if thresholds is None:
+            raise ValueError("a float anomaly map needs thresholds (the model's, detector.options.thresholds)")
         if len(labels) != len(thresholds):
             raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(thresholds)} "
                              "thresholds")

@@ -1,4 +1,7 @@
-"""Pure-torch MVFA model: backbone builder, adapters, prompts, scoring, memory bank, normalizers, detector."""
+"""Pure-torch MVFA model: backbone builder, adapters, prompts, scoring, memory bank, normalizers, options, detector.
+
+Imports nothing from other ``medad`` packages (file I/O lives in ``medad.checkpoints`` / ``medad.weights``).
+"""
 
 from .adapters import MultiLevelAdapters, ResidualAdapter
 from .backbone import build_clip, get_backbone_config, list_backbones
@@ -6,6 +9,9 @@ from .detector import AnomalyDetector, DetectionResult
 from .memory_bank import MemoryBank
 from .mvfa import MVFAModel
 from .normalization import ScoreNormalizer, fuse
+from .options import DEFAULT_THRESHOLDS, DetectorOptions
+from .precision import resolve_precision
 
-__all__ = ["AnomalyDetector", "DetectionResult", "MVFAModel", "MultiLevelAdapters", "ResidualAdapter", "MemoryBank",
-           "ScoreNormalizer", "fuse", "build_clip", "get_backbone_config", "list_backbones"]
+__all__ = ["AnomalyDetector", "DetectionResult", "DetectorOptions", "DEFAULT_THRESHOLDS", "MVFAModel",
+           "MultiLevelAdapters", "ResidualAdapter", "MemoryBank", "ScoreNormalizer", "fuse", "build_clip",
+           "get_backbone_config", "list_backbones", "resolve_precision"]

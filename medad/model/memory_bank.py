@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .scoring import bank_distance, upsample_patch_map
 
 __all__ = ["MemoryBank"]
 
 
-class MemoryBank:
-    """Per level and branch, the unit-norm bottleneck tokens of normal support images.
+class MemoryBank(nn.Module):
+    """Per level and branch, the unit-norm bottleneck tokens of normal support images (buffers ``seg``, ``det``).
 
     Args:
         seg: ``[L, M, D]`` segmentation-branch tokens.
@@ -24,8 +25,9 @@ class MemoryBank:
     def __init__(self, seg: torch.Tensor, det: torch.Tensor) -> None:
         if seg.ndim != 3 or seg.shape != det.shape:
             raise ValueError(f"memory bank tensors must both be [L, M, D]; got {tuple(seg.shape)}, {tuple(det.shape)}")
-        self.seg = seg
-        self.det = det
+        super().__init__()
+        self.register_buffer("seg", seg)
+        self.register_buffer("det", det)
 
     @classmethod
     def from_tokens(cls, seg_tokens: torch.Tensor, det_tokens: torch.Tensor, include_cls: bool = False) -> "MemoryBank":
@@ -40,12 +42,6 @@ class MemoryBank:
 
     def __len__(self) -> int:
         return int(self.seg.shape[1])
-
-    def to(self, device: torch.device | str) -> "MemoryBank":
-        return MemoryBank(self.seg.to(device), self.det.to(device))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"seg": self.seg.cpu(), "det": self.det.cpu()}
 
     def maps(self, tokens: torch.Tensor, branch: str, size: tuple[int, int]) -> torch.Tensor:
         """Summed-over-levels distance map: tokens ``[L, B, N, D]`` -> ``[B, H, W]``."""

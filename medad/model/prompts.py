@@ -7,8 +7,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NORMAL_STATES", "ABNORMAL_STATES", "TEMPLATES", "PROMPT_SET", "OBJECT_NAMES", "prompt_sentences",
-           "encode_prompt_ensemble"]
+__all__ = ["NORMAL_STATES", "ABNORMAL_STATES", "TEMPLATES", "PROMPT_SET", "prompt_sentences", "encode_prompt_ensemble"]
 
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
                  "{} without damage")
@@ -28,12 +27,6 @@ TEMPLATES = (
 )
 #: Name of this prompt set, stored in checkpoints.
 PROMPT_SET = "mvfa-winclip-35x(7+5)"
-
-#: Object names the paper uses per dataset (spec section 3).
-OBJECT_NAMES = {
-    "Brain": "Brain", "Liver": "Liver", "Retina_RESC": "retinal OCT", "Retina_OCT2017": "retinal OCT",
-    "Chest": "Chest X-ray film", "Histopathology": "histopathological image",
-}
 
 
 def prompt_sentences(object_name: str) -> tuple[list[str], list[str]]:

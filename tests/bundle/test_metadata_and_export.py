@@ -59,22 +59,54 @@ def net_with_bank():
     support = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(0))
     net.detector.fit_memory_bank(support)
     net.detector.fit_normalizers(support)
-    net.detector.thresholds = (0.4, 0.6, 0.8)
-    net.detector.image_score_rule = "map_max"
+    net.detector.options.thresholds = (0.4, 0.6, 0.8)
+    net.detector.options.image_score_rule = "map_max"
     return net
 
 
 def test_state_dict_round_trip_keeps_bank_and_options(net_with_bank):
     import medad.bundle as mb
+    from medad.checkpoints import is_checkpoint
 
     sd = net_with_bank.state_dict()
-    assert sd["_extra_state"]["memory_bank"]["seg"].shape == net_with_bank.detector.memory_bank.seg.shape
+    assert is_checkpoint(sd) and sd["medad"]["memory_bank"]["seg"].shape == net_with_bank.detector.memory_bank.seg.shape
     fresh = mb.SliceAnomalyNet(backbone="tiny", adapters=None)
     fresh.load_state_dict(sd)
-    assert fresh.detector.thresholds == (0.4, 0.6, 0.8) and fresh.detector.image_score_rule == "map_max"
+    assert fresh.detector.options == net_with_bank.detector.options
+    assert fresh.detector.options.thresholds == (0.4, 0.6, 0.8) and fresh.detector.options.image_score_rule == "map_max"
     x = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(fresh(x), net_with_bank(x))
+        assert torch.equal(fresh(x), net_with_bank(x))
+
+
+def test_bundle_model_pt_and_checkpoint_are_one_format(net_with_bank, tmp_path):
+    """save_model (models/model.pt), SliceAnomalyNet.state_dict() and medad.checkpoints.save_checkpoint write the
+    same checkpoint; each loads in the other's reader with identical outputs."""
+    import medad
+    import medad.bundle as mb
+    from medad.checkpoints import read_checkpoint, save_checkpoint
+
+    det = net_with_bank.detector
+    bundle_file = mb.save_model(net_with_bank, tmp_path / "models" / "model.pt")
+    ckpt_file = save_checkpoint(det, tmp_path / "ckpt.pt", include_backbone=det.backbone == "tiny")
+    a, b, c = read_checkpoint(bundle_file), read_checkpoint(ckpt_file), net_with_bank.state_dict()
+    for other in (b, c):
+        assert set(a) == set(other) and set(a["medad"]) == set(other["medad"])
+        for branch in ("seg_adapters", "det_adapters"):
+            assert all(torch.equal(a[branch][k], other[branch][k]) for k in a[branch])
+        assert torch.equal(a["medad"]["memory_bank"]["det"], other["medad"]["memory_bank"]["det"])
+        assert a["medad"]["thresholds"] == other["medad"]["thresholds"] == [0.4, 0.6, 0.8]
+    x = torch.rand(2, 3, 224, 200, generator=torch.Generator().manual_seed(5))
+    ref = det.predict(x)
+    via_factory = medad.load_detector(adapters=str(bundle_file)).predict(x)  # the bundle's file, medad's reader
+    net = mb.SliceAnomalyNet(backbone="tiny", adapters=None)
+    net.load_state_dict(torch.load(ckpt_file, map_location="cpu", weights_only=True))  # medad's file, bundle's reader
+    with torch.no_grad():
+        via_bundle = net(x)[:, 0]
+    assert torch.equal(via_factory.anomaly_maps, ref.anomaly_maps)
+    assert torch.equal(via_factory.image_scores, ref.image_scores)
+    assert torch.equal(via_bundle, ref.anomaly_maps)
+    assert net.detector.fingerprint() == det.fingerprint()
 
 
 def test_forward_shapes_and_range(net_with_bank):
@@ -89,12 +121,12 @@ def test_forward_shapes_and_range(net_with_bank):
 def test_ckpt_export_from_adapter_checkpoint(net_with_bank, tmp_path):
     """models/model.pt is an MVFA/medad adapter checkpoint; ckpt_export loads it into network_def and traces it."""
     import medad.bundle as mb
-    from medad.checkpoints import read_checkpoint
+    from medad.checkpoints import is_checkpoint, read_checkpoint
     from monai.bundle import ckpt_export
 
     ckpt = tmp_path / "models" / "model.pt"
     mb.save_model(net_with_bank, ckpt)
-    assert mb.is_adapter_checkpoint(read_checkpoint(ckpt))
+    assert is_checkpoint(read_checkpoint(ckpt))
     ts_path = tmp_path / "models" / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ckpt),
                 meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
@@ -109,10 +141,11 @@ def test_ckpt_export_from_adapter_checkpoint(net_with_bank, tmp_path):
 
 def test_load_state_dict_rejects_wrong_backbone(net_with_bank):
     import medad.bundle as mb
+    from medad.checkpoints import CheckpointError
 
     sd = net_with_bank.state_dict()
-    sd["_extra_state"] = {**sd["_extra_state"], "backbone": "ViT-L-14-336"}
-    with pytest.raises(ValueError, match="backbone"):
+    sd["medad"] = {**sd["medad"], "backbone": "ViT-L-14-336"}
+    with pytest.raises(CheckpointError, match="backbone"):
         mb.SliceAnomalyNet(backbone="tiny", adapters=None).load_state_dict(sd)
 
 
@@ -135,6 +168,7 @@ def test_weight_overrides_reach_the_detector(tmp_path):
     from monai.bundle import ConfigParser
 
     import medad
+    from medad.checkpoints import save_checkpoint
     from medad.weights import WeightsError
 
     src = medad.load_detector(backbone="tiny")
@@ -142,7 +176,7 @@ def test_weight_overrides_reach_the_detector(tmp_path):
     for p in src.model.adapters.parameters():
         p.data.normal_()
     official = tmp_path / "Brain.pth"
-    src.save_adapters(official, official_only=True)  # {'seg_adapters', 'det_adapters'} only, like MVFA's release
+    save_checkpoint(src, official, official_only=True)  # {'seg_adapters', 'det_adapters'} only, like MVFA's release
 
     def network_def(**override):
         parser = ConfigParser()

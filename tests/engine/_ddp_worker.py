@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _synthetic import make_set  # noqa: E402
 
 import medad  # noqa: E402
+from medad.checkpoints import save_checkpoint  # noqa: E402
 from medad.engine import distributed  # noqa: E402
 from medad.engine.losses import MVFALoss  # noqa: E402
 from medad.engine.train import (TrainConfig, accumulate_gradients, features_from_tensors, fit_adapters,  # noqa: E402
@@ -35,7 +36,7 @@ def main(out_dir: str) -> None:
     fit_adapters(det, feats, det.text_features[None], TrainConfig(epochs=1, batch_size=4, progress=False), lr=1e-3)
     torch.save(det.model.adapters.state_dict(), Path(out_dir) / f"adapters_w{info.world_size}_r{info.rank}.pt")
     if info.main:
-        det.save_adapters(Path(out_dir) / f"ckpt_w{info.world_size}.pt", extra={"world_size": info.world_size})
+        save_checkpoint(det, Path(out_dir) / f"ckpt_w{info.world_size}.pt", extra={"world_size": info.world_size})
     distributed.cleanup()
 
 

@@ -89,7 +89,8 @@ def test_derived_outputs_are_skipped_as_non_image(tmp_path, small_ct):
     hu, _, affine = small_ct
     write_dicom_series(hu, affine, tmp_path / "ct", seed="seg")
     vol = load_volume(tmp_path / "ct")
-    write_segmentation(vol.clone() * 0 + 0.95, vol.meta["source_files"], tmp_path / "ct" / "seg.dcm")
+    write_segmentation(vol.clone() * 0 + 0.95, vol.meta["source_files"], tmp_path / "ct" / "seg.dcm",
+                       thresholds=(0.5, 0.7, 0.9))
     index = find_series(tmp_path)
     seg = [f for f in index.files if f.path.endswith("seg.dcm")][0]
     assert seg.reason == "non_image" and "Segmentation" in seg.detail

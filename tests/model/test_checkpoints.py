@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import medad
-from medad.checkpoints import CheckpointError
+from medad.checkpoints import CheckpointError, save_checkpoint
 
 
 def _trained_like(det, seed=11):
@@ -19,7 +19,7 @@ def _trained_like(det, seed=11):
 
 def test_official_format_round_trip_gives_identical_outputs(tiny_detector, tmp_path):
     det = _trained_like(tiny_detector)
-    path = det.save_adapters(tmp_path / "Brain.pth", official_only=True)
+    path = save_checkpoint(det, tmp_path / "Brain.pth", official_only=True)
     raw = torch.load(path, weights_only=True)
     assert set(raw) == {"seg_adapters", "det_adapters"}
     assert set(raw["seg_adapters"]) == {f"{i}.fc{j}.0.weight" for i in range(4) for j in (1, 2)}
@@ -36,11 +36,11 @@ def test_medad_checkpoint_remembers_object_name_bank_normalizers_and_backbone(ti
     x = torch.rand(3, 3, 240, 240, generator=torch.Generator().manual_seed(2))
     det.fit_memory_bank(x[:1])
     det.fit_normalizers(x)
-    det.image_score_rule = "map_max"
-    path = det.save_adapters(tmp_path / "liver.pt", extra={"protocol": "few-shot"}, include_backbone=True)
+    det.options.image_score_rule = "map_max"
+    path = save_checkpoint(det, tmp_path / "liver.pt", extra={"protocol": "few-shot"}, include_backbone=True)
     loaded = medad.load_detector(adapters=path)  # backbone and object name come from the checkpoint
-    assert loaded.backbone == "tiny" and loaded.object_name == "Liver"
-    assert loaded.image_score_rule == "map_max" and loaded.metadata["protocol"] == "few-shot"
+    assert loaded.backbone == "tiny" and loaded.options.object_name == "Liver"
+    assert loaded.options.image_score_rule == "map_max" and loaded.metadata["protocol"] == "few-shot"
     torch.testing.assert_close(loaded.text_features, det.text_features)
     a, b = det.predict(x), loaded.predict(x)
     assert torch.equal(a.anomaly_maps, b.anomaly_maps) and torch.equal(a.image_scores, b.image_scores)
@@ -78,7 +78,7 @@ def test_saved_checkpoint_has_normal_file_permissions(tiny_detector, tmp_path):
 
     umask = os.umask(0o022)
     try:
-        path = tiny_detector.save_adapters(tmp_path / "perm.pt")
+        path = save_checkpoint(tiny_detector, tmp_path / "perm.pt")
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
