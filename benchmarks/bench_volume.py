@@ -52,7 +52,7 @@ def child(n_slices: int, batch: int, backbone: str, intensity: str) -> dict:
 
     import medad
     from common import peak_rss_mib
-    from medad.engine import VolumeRunner
+    from medad.inference import VolumeRunner
 
     def rss_mib() -> float:
         with open("/proc/self/statm") as f:

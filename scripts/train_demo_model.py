@@ -8,7 +8,7 @@ DEMO WEIGHTS, NOT FOR CLINICAL USE. The backbone is the random ``tiny`` config (
 phantoms (``medad.synthetic.phantoms``): the model exists so the README's first command, the bundle and the MONAI Label
 app show something meaningful on the sample data without any download.
 
-Training slices are produced by the volume runner's own preprocessing (``medad.engine.volume.VolumeRunner`` with
+Training slices are produced by the volume runner's own preprocessing (``medad.inference.VolumeRunner`` with
 ``intensity="auto"``: CT soft-tissue window, MR foreground percentiles; radiological view; square padding; bicubic
 resize to 240): a capturing stand-in detector records exactly the batches the runner would send to the model, so the
 demo adapters see at training time what they see at inference time. Masks go through the same slicing/view/padding
@@ -36,7 +36,7 @@ from medad.checkpoints import save_checkpoint
 from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
 from medad.engine.metrics import PixelMetrics, auroc
 from medad.engine.train import Selector, TrainConfig, features_from_tensors, fit_adapters, reset_adapters
-from medad.engine.volume import VolumeRunner
+from medad.inference import VolumeRunner
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = REPO / "medad" / "assets" / "demo-tiny-phantom.pt"

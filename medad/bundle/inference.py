@@ -33,7 +33,7 @@ CSV_COLUMNS = ("name", "input", "series_uid", "modality", "volume_score", "slice
 
 
 class VolumeInferer(Inferer):
-    """Run :class:`medad.engine.volume.VolumeRunner` on each volume of a batch (``SupervisedEvaluator``'s inferer).
+    """Run :class:`medad.inference.VolumeRunner` on each volume of a batch (``SupervisedEvaluator``'s inferer).
 
     Args:
         runner_kwargs: passed to ``VolumeRunner`` (``batch_size`` slices per model call, ``axis``, ``intensity``,
@@ -54,7 +54,7 @@ class VolumeInferer(Inferer):
         self._detector = None
 
     def runner(self, network: nn.Module):
-        from ..engine.volume import VolumeRunner
+        from ..inference import VolumeRunner
 
         net = getattr(network, "module", network)
         detector = getattr(net, "detector", net)
@@ -125,6 +125,8 @@ class SaveAnomalyMapd(MapTransform):
         self.thresholds = tuple(float(t) for t in thresholds)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from ..inference.grading import GRADE_LABELS, grade
+        from ..inference.uids import output_uids, source_key, uid_salt
         from ..io.dicom_outputs import write_parametric_map, write_segmentation
         from ..io.writers import save_nifti
 
@@ -141,11 +143,17 @@ class SaveAnomalyMapd(MapTransform):
             if (self.parametric_map or self.segmentation) and not sources:
                 log.info("%s: not a DICOM series, no Parametric Map/SEG written", name)
             elif self.parametric_map or self.segmentation:
+                uids = output_uids(source_key(amap.meta), uid_salt({}, self.thresholds))
                 if self.parametric_map:
-                    saved["pm"] = write_parametric_map(amap, sources, self.output_dir / f"{name}_pm.dcm").name
+                    saved["pm"] = write_parametric_map(amap, sources, self.output_dir / f"{name}_pm.dcm",
+                                                       series_uid=uids.pm_series,
+                                                       sop_instance_uid=uids.pm_instance).name
                 if self.segmentation:
-                    saved["seg"] = write_segmentation(amap, sources, self.output_dir / f"{name}_seg.dcm",
-                                                      thresholds=self.thresholds).name
+                    graded = MetaTensor(torch.from_numpy(grade(amap[0], self.thresholds))[None],
+                                        affine=amap.affine.clone())
+                    saved["seg"] = write_segmentation(graded, sources, self.output_dir / f"{name}_seg.dcm",
+                                                      labels=GRADE_LABELS, series_uid=uids.seg_series,
+                                                      sop_instance_uid=uids.seg_instance).name
             d[key].meta["saved_files"] = saved
         return d
 

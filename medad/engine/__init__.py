@@ -1,1 +1,0 @@
-from .volume import VolumeResult, VolumeRunner

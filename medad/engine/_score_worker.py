@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import SeriesRecord, load_series
-from ..model.options import DEFAULT_THRESHOLDS
 from . import manifest as mf
 
 __all__ = ["SeriesLoader", "StowGate", "check_shared_memory", "label_map_reason", "run_with_backoff", "balanced_shards", "default_batch_size", "default_workers",
@@ -238,71 +237,31 @@ class StowGate:
         return result
 
 
-def _slices_last(mt, dim: int):
-    """MetaTensor ``[1, X, Y, Z]`` with spatial ``dim`` moved last (affine columns permuted alike)."""
-    from monai.data import MetaTensor
-
-    if dim == 2:
-        return mt
-    perm = [d for d in range(3) if d != dim] + [dim]
-    aff = mt.affine.clone()
-    aff[:3, :3] = aff[:3, perm]
-    return MetaTensor(mt.as_tensor().permute(0, *[p + 1 for p in perm]), affine=aff, meta=dict(mt.meta))
-
-
 def write_series_outputs(sdir: Path, rec: mf.SeriesOutcome, volume, result, *, out: Path, dicom_out: bool,
-                         stow: Optional[StowGate], overlays: int, thresholds: Sequence[float],
-                         seconds: dict[str, float], uid_salt: str = "") -> mf.SeriesOutcome:
-    """Write one series' outputs, then its ``record.json`` (last). Never raises: errors become a failed record.
-
-    Args:
-        sdir: the series folder. rec: the record prefilled with ids (status ``failed`` with stage/error when
-            loading or scoring failed; then only the record is written).
-        volume: the source MetaTensor ``[1, X, Y, Z]`` (for overlays and DICOM references). result: the
-            :class:`medad.engine.volume.VolumeResult` or None.
-        uid_salt: mixed into the PM/SEG UIDs (the settings hash): a rerun with the same settings rewrites the same
-            instances (a PACS keeps one copy), other settings give new instances instead of ignored duplicates.
-    """
-    from ..io.dicom_outputs import write_parametric_map, write_segmentation
-    from ..io.writers import save_nifti, save_overlay_png
+                         stow: Optional[StowGate], overlays: int, provenance: dict,
+                         seconds: dict[str, float]) -> mf.SeriesOutcome:
+    """Write one series' outputs (:func:`medad.inference.write_outputs`), then its ``record.json`` (last). Never
+    raises: errors become a failed record."""
+    from ..inference import OutputOptions, result_scores, write_outputs
 
     t = time.perf_counter()
     stage = ""
     try:
         if result is not None:
             stage = "write"
-            sdir.mkdir(parents=True, exist_ok=True)
-            rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
-            rec.n_slices = int(result.n_slices)
-            rec.volume_score = float(result.volume_score)
-            rec.top_slices = [int(k) for k in result.top_slices]
-            rec.top_slice_scores = [float(result.slice_scores[k]) for k in result.top_slices]
-            rec.slice_scores = [round(float(v), 6) for v in result.slice_scores]
-            outputs: dict[str, Any] = {"nifti": rel(save_nifti(result.anomaly_map, sdir / "anomaly_map.nii.gz"))}
-            img = _slices_last(volume, result.source_dim if result.source_dim is not None else 2)
-            amap = _slices_last(result.anomaly_map, result.source_dim if result.source_dim is not None else 2)
-            pngs = []
-            for r, k in enumerate(rec.top_slices[:overlays], start=1):
-                pngs.append(rel(save_overlay_png(img, amap, sdir / f"top{r}_slice{k:04d}.png", k)))
-            outputs["pngs"] = pngs
+            scores = result_scores(result)
+            rec.n_slices, rec.volume_score = scores["n_slices"], scores["volume_score"]
+            rec.top_slices, rec.top_slice_scores = scores["top_slices"], scores["top_slice_scores"]
+            rec.slice_scores = scores["slice_scores"]
+            written = write_outputs(result, volume, sdir, OutputOptions(overlays=overlays, dicom=dicom_out,
+                                                                         provenance=provenance))
+            prefix = sdir.relative_to(out).as_posix() + "/"
+            outputs: dict[str, Any] = {k: (prefix + v if k in ("nifti", "pm", "seg") else v)
+                                       for k, v in written.files.items()}
+            outputs["pngs"] = [prefix + p for p in written.files["pngs"]]
             for old in sdir.glob("top*_slice*.png"):  # from an earlier run with other settings
-                if rel(old) not in pngs:
+                if (prefix + old.name) not in outputs["pngs"]:
                     old.unlink(missing_ok=True)
-            sources = list(volume.meta.get("source_files") or [])
-            if dicom_out and sources:
-                uid_base = ["medad-score", rec.key, uid_salt]  # same model + series: same UIDs (idempotent)
-                from pydicom.uid import generate_uid
-
-                outputs["pm"] = rel(write_parametric_map(
-                    result.anomaly_map, sources, sdir / "pm.dcm",
-                    series_uid=generate_uid(entropy_srcs=[*uid_base, "pm-series"]),
-                    sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "pm-instance"])))
-                outputs["seg"] = rel(write_segmentation(
-                    result.anomaly_map, sources, sdir / "seg.dcm", thresholds=thresholds or DEFAULT_THRESHOLDS,
-                    series_uid=generate_uid(entropy_srcs=[*uid_base, "seg-series"]),
-                    sop_instance_uid=generate_uid(entropy_srcs=[*uid_base, "seg-instance"])))
-            elif dicom_out:
-                outputs["dicom"] = "not a DICOM series: no PM/SEG written"
             rec.outputs = outputs
             if stow and "pm" in outputs:
                 stage = "stow"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..io._atomic import atomic_path
+from ..io._atomic import write_text_atomic
 
 __all__ = [
     "RECORD_NAME", "RESULTS_COLUMNS", "FAILED_REASONS", "SeriesOutcome", "series_dir_name", "series_fingerprint",
@@ -138,13 +138,6 @@ def series_fingerprint(files: Sequence[str], config_digest: str) -> str:
     return h.hexdigest()[:24]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8", newline="")
-    return Path(path)
-
-
 def write_record(series_dir: str | os.PathLike, outcome: SeriesOutcome) -> Path:
     """Write ``record.json`` atomically: the last file written for a series."""
     return write_text_atomic(Path(series_dir) / RECORD_NAME, outcome.to_json() + "\n")
@@ -214,23 +207,10 @@ class RunConfigError(ValueError):
     """The output folder holds results made with other settings."""
 
 
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
-def model_digest(det) -> str:
-    """The detector's fingerprint (:meth:`medad.model.detector.AnomalyDetector.fingerprint`)."""
-    return det.fingerprint()
-
-
-def run_config(det, *, axis, intensity, top_k, overlays, dicom_out) -> dict:
-    """``run.json``: everything that changes the outputs (not workers, batch size, device, filters)."""
-    return {"medad": _version(), "backbone": det.backbone, "backbone_sha256": det.metadata.get("backbone_sha256", ""),
-            "model_sha256": model_digest(det), "object_name": det.options.object_name, "thresholds": list(det.options.thresholds),
-            "axis": axis, "intensity": str(intensity), "top_k": int(top_k), "overlays": int(overlays),
-            "dicom_out": bool(dicom_out)}
+def run_config(provenance: dict, *, overlays, dicom_out) -> dict:
+    """``run.json``: everything that changes the outputs (not workers, batch size, device, filters): the provenance
+    fields (:func:`medad.inference.provenance`) and the output options."""
+    return {**provenance, "overlays": int(overlays), "dicom_out": bool(dicom_out)}
 
 
 def check_run_config(out: Path, config: dict, overwrite: bool) -> None:

@@ -9,7 +9,7 @@
    (:func:`medad.engine.manifest.series_fingerprint`) is done and not scored again. The rest is sharded across
    ``torchrun`` ranks (balanced by slice count). Rank 0 plans, all ranks follow the same plan.
 3. **Score**: worker processes (a ``torch.utils.data.DataLoader`` with ``workers`` processes) decode series with
-   :func:`medad.io.load_series` while the main process runs :class:`medad.engine.volume.VolumeRunner` on the previous
+   :func:`medad.io.load_series` while the main process runs :class:`medad.inference.VolumeRunner` on the previous
    one; a writer thread writes the NIfTI map, PNG overlays, optional DICOM PM + SEG and STOW while the next series
    is scored. Any error (unreadable pixels, irregular geometry, a write or STOW error) fails that series only: it gets
    a ``failed`` record with the stage and reason, and the batch goes on.
@@ -259,7 +259,7 @@ def score(
         device: ``"cpu"``, ``"cuda"``; default CUDA when available (``cuda:LOCAL_RANK`` under torchrun).
         batch_size: slices per model call; default sized to the device.
         top_k: slices in ``top_slices`` and in the volume score; overlays: how many of them get a PNG.
-        axis, intensity: slicing axis and intensity rule of :class:`medad.engine.volume.VolumeRunner`.
+        axis, intensity: slicing axis and intensity rule of :class:`medad.inference.VolumeRunner`.
         overwrite: accept an ``out_dir`` made with other settings (its series are then all rescored, since their
             records do not match the new settings; rerunning with ``overwrite`` after an interruption still resumes).
         retry_failed: rescore series whose earlier record is ``failed`` (default); False keeps them failed.
@@ -271,7 +271,7 @@ def score(
         :class:`ScoreSummary` (``summary.exit_code`` is 0 only when nothing failed).
     """
     from .distributed import barrier, init_distributed
-    from .volume import VolumeRunner
+    from ..inference import VolumeRunner, provenance
 
     t0 = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -289,9 +289,11 @@ def score(
 
         detector = medad.load_detector(backbone=backbone, weights=weights, adapters=adapters,
                                        object_name=object_name, device=str(dev), precision=precision)
-    config = mf.run_config(detector, axis=axis, intensity=intensity, top_k=top_k, overlays=overlays,
-                         dicom_out=dicom_out)
 
+    runner = VolumeRunner(detector, batch_size=batch_size or default_batch_size(dev, detector), axis=axis,
+                          intensity=intensity, top_k=top_k)
+    prov = provenance(detector, runner)
+    config = mf.run_config(prov, overlays=overlays, dicom_out=dicom_out)
     plan, lock = None, None
     try:
         if info.main:
@@ -309,8 +311,7 @@ def score(
         by_key = {s.key: s for s in plan.selected}
         todo = [by_key[k] for k in plan.todo]
         mine = balanced_shards(todo, info.world_size)[info.rank]
-        bs = batch_size or default_batch_size(dev, detector)
-        runner = VolumeRunner(detector, batch_size=bs, axis=axis, intensity=intensity, top_k=top_k)
+        bs = runner.batch_size
         nworkers = default_workers() if workers is None else int(workers)
         log.info("rank %d/%d: %d series to score (%d already done), device %s, batch %d, %d decoding workers",
                  info.rank, info.world_size, len(mine), len(plan.selected) - len(todo), dev, bs, nworkers)
@@ -318,8 +319,8 @@ def score(
         if shm_warning and not dry_run:
             log.warning(shm_warning)
         if mine and not dry_run:
-            _score_shard(mine, out, plan, runner, config, dicom_out=dicom_out, stow=stow, overlays=overlays,
-                         workers=nworkers, progress=progress, position=info.rank, thresholds=config["thresholds"])
+            _score_shard(mine, out, plan, runner, prov, dicom_out=dicom_out, stow=stow, overlays=overlays,
+                         workers=nworkers, progress=progress, position=info.rank)
         barrier()
         summary = None
         if info.main:
@@ -332,8 +333,8 @@ def score(
     return _broadcast(summary, dist_on)
 
 
-def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, config: dict, *, dicom_out, stow,
-                 overlays, workers, progress, position, thresholds) -> None:
+def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, prov: dict, *, dicom_out, stow,
+                 overlays, workers, progress, position) -> None:
     """Score this rank's series: decode in workers, score here, write in a background thread."""
     from tqdm.auto import tqdm
 
@@ -372,9 +373,8 @@ def _score_shard(series: list[SeriesRecord], out: Path, plan: _Plan, runner, con
                     log.warning("series %s failed while scoring: %s", record.key, base.error)
             finish(pending)  # keep at most one series in the writer: memory stays bounded
             pending = pool.submit(write_series_outputs, sdir, base, volume, result, out=out, dicom_out=dicom_out,
-                                  stow=gate, overlays=overlays, thresholds=thresholds,
-                                  seconds={"load": round(load_s, 3), "score": round(time.perf_counter() - t, 3)},
-                                  uid_salt=mf.config_hash(config))
+                                  stow=gate, overlays=overlays, provenance=prov,
+                                  seconds={"load": round(load_s, 3), "score": round(time.perf_counter() - t, 3)})
         finish(pending)
     bar.close()
 

@@ -1,16 +1,15 @@
 """DICOM outputs for anomaly maps, written with highdicom and referencing the source series.
 
 * :func:`write_parametric_map`: float32 Parametric Map (the continuous map; OHIF >= 3.9, Slicer).
-* :func:`write_segmentation`: BINARY SEG with graded segments (``anomaly_low/mid/high`` from caller thresholds;
-  every viewer and PACS shows these).
+* :func:`write_segmentation`: BINARY SEG of a graded label map, one segment per grade (every viewer and PACS shows
+  these). Grading (thresholds, grade names) is not decided here: see :mod:`medad.inference.grading`.
 
 The map is a ``MetaTensor [1, X, Y, Z]`` (or ``[X, Y, Z]``) whose RAS ``affine`` describes the same voxel grid as the
 source series, in any axis order/flip (e.g. after ``Orientationd(RAS)``): it is matched onto the source frames with
 ``highdicom.Volume(..., from_reference_convention="RAS").match_geometry(source)``, never resampled. A map on another
 grid raises an error: invert the preprocessing (``Invertd``) first.
 
-Output UIDs are derived deterministically from the source SeriesInstanceUID and the output description/number unless
-given, so re-running a batch rewrites the same instances instead of duplicating them in a PACS.
+The Series and SOP Instance UIDs are always given by the caller: the UID policy lives in :mod:`medad.inference.uids`.
 """
 
 from __future__ import annotations
@@ -20,15 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ._atomic import atomic_path
 from ._header import dcmread_any
 from .writers import _array_affine
 
-__all__ = ["DEFAULT_SEGMENT_LABELS", "grade_map", "write_parametric_map", "write_segmentation"]
-
-DEFAULT_SEGMENT_LABELS = ("anomaly_low", "anomaly_mid", "anomaly_high")
+__all__ = ["write_parametric_map", "write_segmentation"]
 
 _MANUFACTURER = "medad"
 _MODEL = "medad-clip"
@@ -108,27 +104,18 @@ def _matched_volume(anomaly_map, datasets, geom):
             f"before writing DICOM. highdicom: {e}") from e
 
 
-def _uids(datasets, kind: str, series_description: str, series_number: int, series_uid, sop_uid):
-    from pydicom.uid import generate_uid
-
-    src = str(datasets[0].SeriesInstanceUID)
-    parts = ["medad", kind, src, series_description, str(series_number), _version()]
-    return (series_uid or generate_uid(entropy_srcs=[*parts, "series"]),
-            sop_uid or generate_uid(entropy_srcs=[*parts, "instance"]))
-
-
 def write_parametric_map(
     anomaly_map,
     source_files: Sequence[str | os.PathLike],
     path: str | os.PathLike,
     *,
+    series_uid: str,
+    sop_instance_uid: str,
     series_description: str = "Anomaly map (research use only)",
     series_number: int = 901,
     value_range: tuple[float, float] = (0.0, 1.0),
     lut_label: str = "ANOMALY",
     lut_explanation: str = "Anomaly score (0 normal - 1 abnormal)",
-    series_uid: str | None = None,
-    sop_instance_uid: str | None = None,
     manufacturer_model_name: str = _MODEL,
 ) -> Path:
     """Write ``anomaly_map`` as a float32 DICOM Parametric Map referencing ``source_files`` (atomically).
@@ -138,11 +125,11 @@ def write_parametric_map(
         source_files: the DICOM files of the source series (``volume.meta["source_files"]``), the one multi-frame
             file, or the source volume itself.
         path: output ``.dcm`` path (folder created).
+        series_uid, sop_instance_uid: the new object's UIDs (:func:`medad.inference.uids.output_uids`).
         series_description: SeriesDescription shown in viewers.
         series_number: SeriesNumber of the new series.
         value_range: range of the map values (window and real-world value mapping).
         lut_label, lut_explanation: RealWorldValueMapping label/explanation.
-        series_uid, sop_instance_uid: explicit UIDs (default: derived from the source series, stable across reruns).
         manufacturer_model_name: ManufacturerModelName.
 
     Returns:
@@ -153,11 +140,11 @@ def write_parametric_map(
 
     datasets, geom = _read_sources(source_files)
     vol = _matched_volume(anomaly_map, datasets, geom).astype(np.float32)
-    series_uid, sop_uid = _uids(datasets, "pm", series_description, series_number, series_uid, sop_instance_uid)
+    _check_uids(series_uid, sop_instance_uid)
     lo, hi = (float(v) for v in value_range)
     pm = hd.pm.ParametricMap(
         source_images=datasets, pixel_array=vol, series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=_MANUFACTURER,
+        sop_instance_uid=sop_instance_uid, instance_number=1, manufacturer=_MANUFACTURER,
         manufacturer_model_name=manufacturer_model_name, software_versions=_version(), device_serial_number="0",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[hd.pm.RealWorldValueMapping(
@@ -171,43 +158,37 @@ def write_parametric_map(
     return Path(path)
 
 
-def grade_map(values: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Graded label map: 0 below ``thresholds[0]``, ``k`` for ``thresholds[k-1] <= v < thresholds[k]`` (uint8)."""
-    t = np.asarray(thresholds, dtype=np.float64)
-    if t.ndim != 1 or len(t) == 0 or np.any(np.diff(t) <= 0):
-        raise ValueError(f"thresholds must be a strictly increasing non-empty sequence, got {list(thresholds)}")
-    return np.digitize(np.asarray(values), t).astype(np.uint8)
+def _check_uids(series_uid: str, sop_instance_uid: str) -> None:
+    if not series_uid or not sop_instance_uid:
+        raise ValueError("series_uid and sop_instance_uid are required (see medad.inference.uids for the UID policy)")
 
 
 def write_segmentation(
-    anomaly_map,
+    label_map,
     source_files: Sequence[str | os.PathLike],
     path: str | os.PathLike,
     *,
-    thresholds: Sequence[float] | None = None,
-    labels: Sequence[str] | Mapping[str, int] = DEFAULT_SEGMENT_LABELS,
+    labels: Sequence[str] | Mapping[str, int],
+    series_uid: str,
+    sop_instance_uid: str,
     series_description: str = "Anomaly segmentation (research use only)",
     series_number: int = 902,
-    series_uid: str | None = None,
-    sop_instance_uid: str | None = None,
     manufacturer_model_name: str = _MODEL,
 ) -> Path:
-    """Write a BINARY DICOM SEG with one non-overlapping segment per anomaly grade (atomically).
+    """Write a graded label map as a BINARY DICOM SEG with one non-overlapping segment per value (atomically).
 
-    Segment ``k`` (label ``labels[k-1]``) holds voxels with ``thresholds[k-1] <= map < thresholds[k]`` (the last one is
-    open-ended), i.e. exactly ``grade_map(map, thresholds) == k``; reading it back with
-    ``highdicom.seg.segread(path).get_volume(combine_segments=True)`` returns that label map. An integer (or bool)
-    map is taken as an already graded label map (values ``0..len(labels)``) and ``thresholds`` are not used.
+    Segment ``k`` (label ``labels[k-1]``) holds the voxels of value ``k``; reading the file back with
+    ``highdicom.seg.segread(path).get_volume(combine_segments=True)`` returns the label map. Grade a continuous
+    anomaly map first with :func:`medad.inference.grading.grade`.
 
     Args:
-        anomaly_map: ``MetaTensor [1, X, Y, Z]`` on the source series' voxel grid (any axis order).
+        label_map: integer (or bool) ``MetaTensor [1, X, Y, Z]`` with values ``0..len(labels)`` on the source
+            series' voxel grid (any axis order).
         source_files: the DICOM files of the source series (or the one multi-frame file), or the source volume
             (its ``meta["source_files"]``).
         path: output ``.dcm`` path.
-        thresholds: strictly increasing, one per label (the model's, ``detector.options.thresholds``); required for
-            a float map.
-        labels: segment labels in grade order, or a ``{label: value}`` dict (``"background"`` ignored).
-        series_description, series_number, series_uid, sop_instance_uid, manufacturer_model_name: as for
+        labels: segment labels in value order, or a ``{label: value}`` dict (``"background"`` ignored).
+        series_uid, sop_instance_uid, series_description, series_number, manufacturer_model_name: as for
             :func:`write_parametric_map`.
 
     Returns:
@@ -219,19 +200,15 @@ def write_segmentation(
     if isinstance(labels, Mapping):  # {"anomaly_low": 1, ...} as in MONAI Label label dicts
         labels = [name for name, _ in sorted(labels.items(), key=lambda kv: kv[1]) if name != "background"]
     labels = list(labels)
+    _check_uids(series_uid, sop_instance_uid)
     datasets, geom = _read_sources(source_files)
-    vol = _matched_volume(anomaly_map, datasets, geom)
-    if np.issubdtype(vol.array.dtype, np.integer) or vol.array.dtype == bool:  # already a graded label map
-        graded_arr = vol.array.astype(np.uint8)
-        if graded_arr.max(initial=0) > len(labels):
-            raise ValueError(f"label map holds value {graded_arr.max()} but only {len(labels)} labels were given")
-    else:
-        if thresholds is None:
-            raise ValueError("a float anomaly map needs thresholds (the model's, detector.options.thresholds)")
-        if len(labels) != len(thresholds):
-            raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(thresholds)} "
-                             "thresholds")
-        graded_arr = grade_map(vol.array, thresholds)
+    vol = _matched_volume(label_map, datasets, geom)
+    if not (np.issubdtype(vol.array.dtype, np.integer) or vol.array.dtype == bool):
+        raise ValueError(f"write_segmentation takes a graded integer label map, got {vol.array.dtype} values: grade "
+                         "the anomaly map first (medad.inference.grading.grade)")
+    graded_arr = vol.array.astype(np.uint8)
+    if graded_arr.max(initial=0) > len(labels):
+        raise ValueError(f"label map holds value {graded_arr.max()} but only {len(labels)} labels were given")
     graded = vol.with_array(graded_arr)
     algo = hd.AlgorithmIdentificationSequence(name=manufacturer_model_name, version=_version(),
                                               family=codes.cid7162.ArtificialIntelligence)
@@ -239,11 +216,10 @@ def write_segmentation(
         segment_number=i, segment_label=name, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algo) for i, name in enumerate(labels, start=1)]
-    series_uid, sop_uid = _uids(datasets, "seg", series_description, series_number, series_uid, sop_instance_uid)
     seg = hd.seg.Segmentation(
         source_images=datasets, pixel_array=graded, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descs, series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=_MANUFACTURER,
+        sop_instance_uid=sop_instance_uid, instance_number=1, manufacturer=_MANUFACTURER,
         manufacturer_model_name=manufacturer_model_name, software_versions=_version(), device_serial_number="0",
         series_description=series_description, content_label="ANOMALY")
     with atomic_path(path) as tmp:

@@ -26,7 +26,7 @@ option                        meaning (default)
 ``top_k``                     number of top slices in the result JSON (5)
 ``write_dicom``               write a Parametric Map + SEG for DICOM inputs and STOW them to a DICOMweb datastore
                               (``true``)
-``runner.<name>``             passed to ``medad.engine.volume.VolumeRunner`` as keyword ``<name>`` (JSON value)
+``runner.<name>``             passed to ``medad.inference.VolumeRunner`` as keyword ``<name>`` (JSON value)
 ============================  ====================================================================================
 """
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
@@ -89,8 +90,9 @@ def test_derived_outputs_are_skipped_as_non_image(tmp_path, small_ct):
     hu, _, affine = small_ct
     write_dicom_series(hu, affine, tmp_path / "ct", seed="seg")
     vol = load_volume(tmp_path / "ct")
-    write_segmentation(vol.clone() * 0 + 0.95, vol.meta["source_files"], tmp_path / "ct" / "seg.dcm",
-                       thresholds=(0.5, 0.7, 0.9))
+    graded = (vol.clone() * 0 + 1).to(torch.uint8)  # one grade everywhere
+    write_segmentation(graded, vol.meta["source_files"], tmp_path / "ct" / "seg.dcm", labels=["anomaly"],
+                       series_uid=generate_uid(), sop_instance_uid=generate_uid())
     index = find_series(tmp_path)
     seg = [f for f in index.files if f.path.endswith("seg.dcm")][0]
     assert seg.reason == "non_image" and "Segmentation" in seg.detail

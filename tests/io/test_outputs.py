@@ -16,9 +16,9 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, SpatialCrop
 
 from medad.synthetic import write_dicom_series
+from medad.inference.grading import GRADE_LABELS, grade
 from medad.io import (
     StowError,
-    grade_map,
     load_volume,
     metatensor_from_hd_volume,
     save_overlay_png,
@@ -28,6 +28,16 @@ from medad.io import (
 )
 
 THRESHOLDS = (0.3, 0.6, 0.85)
+
+
+def _uids(tag: str) -> dict:
+    """Explicit UIDs for a writer (the UID policy is medad.inference.uids, not medad.io)."""
+    return {"series_uid": pydicom.uid.generate_uid(entropy_srcs=["io-test", tag, "series"]),
+            "sop_instance_uid": pydicom.uid.generate_uid(entropy_srcs=["io-test", tag, "instance"])}
+
+
+def _graded(amap) -> MetaTensor:
+    return MetaTensor(torch.from_numpy(grade(amap[0], THRESHOLDS))[None], affine=amap.affine)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +61,7 @@ def _geometry_equal(path, vol):
 
 def test_parametric_map_round_trip(tmp_path, oblique_series):
     vol, amap = oblique_series
-    out = write_parametric_map(amap, vol.meta["source_files"], tmp_path / "pm.dcm")
+    out = write_parametric_map(amap, vol.meta["source_files"], tmp_path / "pm.dcm", **_uids("pm"))
     pm = pmread(out)  # not exported from highdicom.pm in 0.28.2
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and "FloatPixelData" in pm
     assert int(pm.NumberOfFrames) == SHAPE[2]
@@ -62,20 +72,22 @@ def test_parametric_map_round_trip(tmp_path, oblique_series):
     assert _geometry_equal(out, vol)
     refs = {r.ReferencedSOPInstanceUID for s in pm.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
     assert refs == {pydicom.dcmread(f).SOPInstanceUID for f in vol.meta["source_files"]}
-    # deterministic UIDs: a rerun rewrites the same instance
-    again = pydicom.dcmread(write_parametric_map(amap, vol, tmp_path / "pm2.dcm"))
-    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (pm.SOPInstanceUID, pm.SeriesInstanceUID)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pm.dcm", "pm2.dcm"]  # no temporary files left
+    # the caller's UIDs are used as given (the writer decides none)
+    assert (pm.SOPInstanceUID, pm.SeriesInstanceUID) == (_uids("pm")["sop_instance_uid"], _uids("pm")["series_uid"])
+    with pytest.raises(ValueError, match="required"):
+        write_parametric_map(amap, vol, tmp_path / "pm2.dcm", series_uid="", sop_instance_uid="")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pm.dcm"]  # no temporary files left
 
 
 def test_segmentation_round_trip_slice_for_slice(tmp_path, oblique_series):
     vol, amap = oblique_series
-    out = write_segmentation(amap, vol.meta["source_files"], tmp_path / "seg.dcm", thresholds=THRESHOLDS)
+    out = write_segmentation(_graded(amap), vol.meta["source_files"], tmp_path / "seg.dcm", labels=GRADE_LABELS,
+                             **_uids("seg"))
     seg = hd.seg.segread(out)
     assert seg.SegmentationType == "BINARY"
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["anomaly_low", "anomaly_mid", "anomaly_high"]
     back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
-    expected = grade_map(amap[0].numpy(), THRESHOLDS)
+    expected = grade(amap[0].numpy(), THRESHOLDS)
     assert set(np.unique(expected)) == {0, 1, 2, 3}
     np.testing.assert_allclose(back.affine.numpy(), vol.affine.numpy(), atol=1e-5)
     for k in range(SHAPE[2]):
@@ -87,12 +99,13 @@ def test_writers_accept_reoriented_map_and_label_maps(tmp_path, oblique_series):
     vol, amap = oblique_series
     ras = Orientation(axcodes="RAS", labels=None)(amap)
     assert ras.shape != amap.shape or not torch.equal(ras.affine, amap.affine)
-    pm = hd.imread(write_parametric_map(ras, vol, tmp_path / "pm.dcm"))
+    pm = hd.imread(write_parametric_map(ras, vol, tmp_path / "pm.dcm", **_uids("pm")))
     np.testing.assert_array_equal(metatensor_from_hd_volume(pm.get_volume(dtype=np.float32)).numpy(), amap.numpy())
-    labels = MetaTensor(torch.from_numpy(grade_map(amap[0].numpy(), THRESHOLDS))[None], affine=amap.affine)
+    labels = _graded(amap)
     assert labels.dtype == torch.uint8
     out = write_segmentation(labels, vol, tmp_path / "seg.dcm",
-                             labels={"background": 0, "anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3})
+                             labels={"background": 0, "anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3},
+                             **_uids("seg"))
     back = metatensor_from_hd_volume(hd.seg.segread(out).get_volume(combine_segments=True))
     np.testing.assert_array_equal(back[0].numpy(), labels[0].numpy())
 
@@ -103,16 +116,18 @@ def test_map_on_another_grid_is_refused(tmp_path, oblique_series):
     aff[:3, 0] *= 2
     coarse = MetaTensor(amap[:, ::2].as_tensor().clone(), affine=aff)  # resampled to half the columns: not the source grid any more
     with pytest.raises(ValueError, match="not on the voxel grid"):
-        write_parametric_map(coarse, vol.meta["source_files"], tmp_path / "pm.dcm")
+        write_parametric_map(coarse, vol.meta["source_files"], tmp_path / "pm.dcm", **_uids("pm"))
     # a crop of the source grid is fine: highdicom pads it back with zeros
     cropped = SpatialCrop(roi_start=(2, 0, 0), roi_end=SHAPE)(amap)  # updates the affine, unlike amap[:, 2:]
-    crop = write_parametric_map(cropped, vol, tmp_path / "crop.dcm")
+    crop = write_parametric_map(cropped, vol, tmp_path / "crop.dcm", **_uids("crop"))
     back = metatensor_from_hd_volume(hd.imread(crop).get_volume(dtype=np.float32))
     np.testing.assert_array_equal(back[0, 2:].numpy(), amap[0, 2:].numpy())
     assert float(back[0, :2].abs().max()) == 0.0
     crop.unlink()
-    with pytest.raises(ValueError, match="strictly increasing"):
-        write_segmentation(amap, vol, tmp_path / "seg.dcm", thresholds=(0.5, 0.5, 0.9))
+    with pytest.raises(ValueError, match="graded integer label map"):  # grading is not the writer's business
+        write_segmentation(amap, vol, tmp_path / "seg.dcm", labels=GRADE_LABELS, **_uids("seg"))
+    with pytest.raises(ValueError, match="label map holds value 3"):
+        write_segmentation(_graded(amap), vol, tmp_path / "seg.dcm", labels=GRADE_LABELS[:2], **_uids("seg"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -153,8 +168,8 @@ class _FakeStow(http.server.BaseHTTPRequestHandler):
 
 def test_stow_to_local_dicomweb(tmp_path, oblique_series):
     vol, amap = oblique_series
-    pm = write_parametric_map(amap, vol, tmp_path / "pm.dcm")
-    seg = write_segmentation(amap, vol, tmp_path / "seg.dcm", thresholds=THRESHOLDS)
+    pm = write_parametric_map(amap, vol, tmp_path / "pm.dcm", **_uids("pm"))
+    seg = write_segmentation(_graded(amap), vol, tmp_path / "seg.dcm", labels=GRADE_LABELS, **_uids("seg"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeStow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/dicom-web"
@@ -180,12 +195,13 @@ def test_outputs_for_enhanced_multiframe_source(tmp_path, small_ct):
     vol = load_volume(tmp_path / "enhanced.dcm")
     amap = vol.clone()
     amap[0] = torch.linspace(0, 1, vol[0].numel()).reshape(vol[0].shape)
-    pm = hd.imread(write_parametric_map(amap, vol, tmp_path / "out" / "pm.dcm"))
+    pm = hd.imread(write_parametric_map(amap, vol, tmp_path / "out" / "pm.dcm", **_uids("pm")))
     assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == enhanced.SeriesInstanceUID
     np.testing.assert_allclose(metatensor_from_hd_volume(pm.get_volume(dtype=np.float32)).numpy(), amap.numpy())
-    seg = hd.seg.segread(write_segmentation(amap, vol, tmp_path / "out" / "seg.dcm", thresholds=THRESHOLDS))
+    seg = hd.seg.segread(write_segmentation(_graded(amap), vol, tmp_path / "out" / "seg.dcm", labels=GRADE_LABELS,
+                                            **_uids("seg")))
     back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
-    np.testing.assert_array_equal(back[0].numpy(), grade_map(amap[0].numpy(), THRESHOLDS))
+    np.testing.assert_array_equal(back[0].numpy(), grade(amap[0].numpy(), THRESHOLDS))
 
 
 def test_orientation_rounding_noise_between_slices(tmp_path, small_ct):
@@ -200,7 +216,7 @@ def test_orientation_rounding_noise_between_slices(tmp_path, small_ct):
         ds.save_as(f)
     vol = load_volume(tmp_path / "s")
     np.testing.assert_array_equal(vol[0].numpy(), hu)
-    pm = hd.imread(write_parametric_map(vol / 100.0, vol, tmp_path / "pm.dcm"))
+    pm = hd.imread(write_parametric_map(vol / 100.0, vol, tmp_path / "pm.dcm", **_uids("pm")))
     assert int(pm.NumberOfFrames) == SHAPE[2]
 
 
@@ -217,7 +233,7 @@ def test_missing_frame_of_reference(tmp_path, small_ct):
     np.testing.assert_allclose(vol.affine.numpy(), affine, atol=1e-5)
     assert vol.meta["frame_of_reference_uid"] == ""
     with pytest.raises(ValueError, match="no FrameOfReferenceUID"):
-        write_parametric_map(vol, vol, tmp_path / "pm.dcm")
+        write_parametric_map(vol, vol, tmp_path / "pm.dcm", **_uids("pm"))
 
 
 def test_overlay_display_does_not_depend_on_voxel_order(tmp_path, small_ct):

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 import medad
 from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
-from medad.engine.volume import VolumeRunner
+from medad.inference import VolumeRunner
 
 # Training used seeds 1000-1009, model selection 2000-2002, the recorded check 3000-3003: these are fresh.
 HELD_OUT_SEEDS = (7001, 7002)

@@ -251,9 +251,7 @@ class VolumeRunner:
     @staticmethod
     def _channels(x: torch.Tensor) -> torch.Tensor:
         """``[R, B, U, V]`` scaled slices -> ``[B, R, U, V]`` with R = 1 (gray) or 3 (one window per channel)."""
-        if x.shape[0] == 1:
-            return x.transpose(0, 1)
-        if x.shape[0] == 3:
+        if x.shape[0] in (1, 3):
             return x.transpose(0, 1)
         raise ValueError(f"the detector takes 3 channels; an intensity transform must give 1 or 3 ranges "
                          f"(e.g. 'ct:brain' or 'ct:brain,soft_tissue,bone'), got {x.shape[0]}")

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 
 import medad
-from medad.engine import VolumeRunner
+from medad.inference import VolumeRunner
 
 BRATS = sorted(glob.glob("/work/shared/data/brats2015_subset/nifti/*/*/Flair_subtrMeanDivStd.nii.gz"))
 

@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from types import SimpleNamespace
     import torch
     from monai.data import MetaTensor
-    from medad.engine import VolumeRunner
+    from medad.inference import VolumeRunner
 
     class Fake:
         image_size = 240

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from medad.engine import VolumeResult, VolumeRunner
+from medad.inference import VolumeResult, VolumeRunner
 
 
 class FakeDetector:
@@ -162,7 +162,7 @@ def test_model_inputs_are_exactly_what_run_shows_the_detector():
     import medad
     from monai.data import MetaTensor
 
-    from medad.engine.volume import VolumeRunner
+    from medad.inference import VolumeRunner
 
     class Recorder:
         image_size = 240

@@ -1,0 +1,58 @@
+"""Grading: the one rule that turns a continuous anomaly map in [0, 1] into graded labels.
+
+Grade ``k`` (``1 <= k <= len(thresholds)``) holds the voxels with ``thresholds[k-1] <= value < thresholds[k]`` (the
+last grade is open-ended), grade 0 the voxels below ``thresholds[0]``. With the three default thresholds the grades
+are :data:`GRADE_LABELS` (``anomaly_low``, ``anomaly_mid``, ``anomaly_high``). The thresholds come from the
+detector (``detector.options.thresholds``, stored with the adapters; default
+:data:`medad.model.options.DEFAULT_THRESHOLDS`) unless a caller overrides them.
+
+The DICOM SEG, the MONAI Label label map and the grading summary of every front-end all come from :func:`grade`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.options import DEFAULT_THRESHOLDS
+
+__all__ = ["GRADE_LABELS", "check_thresholds", "grade", "grading_summary"]
+
+#: Names of grades 1, 2, 3 (grade 0 is background), as segment labels and MONAI Label label names.
+GRADE_LABELS: tuple[str, ...] = ("anomaly_low", "anomaly_mid", "anomaly_high")
+
+
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """``thresholds`` as a tuple of floats; raises ``ValueError`` unless non-empty and strictly increasing."""
+    t = tuple(float(v) for v in thresholds)
+    if not t or any(a >= b for a, b in zip(t, t[1:])):
+        raise ValueError(f"thresholds must be a strictly increasing non-empty sequence, got {list(thresholds)}")
+    return t
+
+
+def grade(values: torch.Tensor | np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Graded label map of ``values`` (any shape): 0 below ``thresholds[0]``, ``k`` for
+    ``thresholds[k-1] <= v < thresholds[k]``, ``len(thresholds)`` from the last threshold up.
+
+    Returns:
+        ``uint8`` array of the same shape (a tensor is read on the CPU).
+    """
+    t = np.asarray(check_thresholds(thresholds), dtype=np.float64)
+    a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return np.digitize(a, t).astype(np.uint8)
+
+
+def grading_summary(graded: np.ndarray, thresholds: Sequence[float],
+                    labels: Sequence[str] = GRADE_LABELS) -> dict[str, Any]:
+    """Plain-data summary of a graded map: ``{"thresholds": [...], "labels": [...], "voxels": {label: count}}``
+    (grade 0 counted as ``"background"``)."""
+    t = check_thresholds(thresholds)
+    labels = list(labels)
+    if len(labels) != len(t):
+        raise ValueError(f"need one label per threshold, got {len(labels)} labels and {len(t)} thresholds")
+    counts = np.bincount(np.asarray(graded, dtype=np.uint8).ravel(), minlength=len(t) + 1)
+    names = ["background", *labels]
+    return {"thresholds": list(t), "labels": labels, "voxels": {n: int(c) for n, c in zip(names, counts)}}

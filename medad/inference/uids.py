@@ -1,0 +1,67 @@
+"""The UID policy of every DICOM object medad writes (Parametric Map and SEG).
+
+UIDs are derived deterministically (``pydicom.uid.generate_uid(entropy_srcs=...)``, a 2.25 UID from a hash) from what
+determines the content:
+
+* the **source**: the series key of the source volume (``meta["series_key"]``: the SeriesInstanceUID, with ``#n`` for
+  a series split in several volumes; else ``meta["series_uid"]``),
+* a **salt** (:func:`uid_salt`): a digest of the provenance fields (medad version, backbone and its weights digest,
+  the detector fingerprint with adapters, memory bank, normalizers and options, and the volume runner's settings,
+  see :mod:`medad.inference.provenance`) and the grading thresholds.
+
+So a rerun or resumed run with the same model and settings rewrites the same instances (a PACS keeps one copy), while
+another model, other runner settings or other thresholds give new Series and SOP Instance UIDs instead of objects a
+PACS would silently drop as duplicates. ``medad score``, the bundle and the MONAI Label app all call
+:func:`output_uids` through :func:`medad.inference.write_outputs`; the DICOM writers in :mod:`medad.io` take the
+UIDs explicitly and decide none themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["OutputUIDs", "output_uids", "source_key", "uid_salt"]
+
+
+@dataclass(frozen=True)
+class OutputUIDs:
+    """Series and SOP Instance UIDs of the Parametric Map and the SEG of one source series."""
+
+    pm_series: str
+    pm_instance: str
+    seg_series: str
+    seg_instance: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def uid_salt(provenance: Mapping[str, Any], thresholds: Sequence[float]) -> str:
+    """Short digest (16 hex) of the provenance fields and the grading thresholds."""
+    blob = json.dumps({"provenance": dict(provenance), "thresholds": [float(t) for t in thresholds]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def source_key(meta: Mapping[str, Any]) -> str:
+    """The identity of the source series in a volume's ``meta``: ``series_key``, else ``series_uid``."""
+    key = str(meta.get("series_key") or meta.get("series_uid") or "")
+    if not key:
+        raise ValueError("the source volume has no series_key/series_uid in its meta: load DICOM series with "
+                         "medad.io.load_series/load_volume")
+    return key
+
+
+def output_uids(source: str, salt: str) -> OutputUIDs:
+    """The PM and SEG UIDs for source series key ``source`` under ``salt`` (:func:`uid_salt`)."""
+    from pydicom.uid import generate_uid
+
+    def uid(what: str) -> str:
+        return generate_uid(entropy_srcs=["medad", source, salt, what])
+
+    return OutputUIDs(pm_series=uid("pm-series"), pm_instance=uid("pm-instance"), seg_series=uid("seg-series"),
+                      seg_instance=uid("seg-instance"))
