@@ -52,7 +52,7 @@ def one_thread():
 def current(one_thread) -> dict:
     """Everything the recording script records, recomputed with the current code and its public API."""
     import medad
-    from medad.engine.volume import VolumeRunner
+    from medad.inference import VolumeRunner
     from medad.io import load_volume
 
     return rg.compute(medad.load_detector, load_volume, VolumeRunner, REPO)

@@ -154,7 +154,7 @@ class MVFAEvaluator:
 # ---------------------------------------------------------------------------------------------------- demo data
 def _slices_240(vol: torch.Tensor, affine: np.ndarray, ranges, view: str, size: int, mode: str) -> torch.Tensor:
     """Axial RAS slices of ``vol [X, Y, Z]`` scaled by ``ranges`` (None: as is), in ``view`` layout, padded to a
-    square and resized to ``size`` like :class:`~medad.engine.volume.VolumeRunner` does -> ``[Z, size, size]``."""
+    square and resized to ``size`` like :class:`~medad.inference.VolumeRunner` does -> ``[Z, size, size]``."""
     from ..transforms import VIEWS, RASSlicer, apply_ranges, square_pad_width
 
     slicer = RASSlicer(tuple(vol.shape), affine, "axial", "RAS")
