@@ -101,7 +101,7 @@ def load_detector(
     adapters: Optional[str | os.PathLike] = None,
     object_name: Optional[str] = None,
     device: str | torch.device = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     expected_sha256: Optional[str] = None,
 ) -> AnomalyDetector:
     """Build an MVFA detector. Nothing is downloaded.
@@ -116,8 +116,10 @@ def load_detector(
             None for fresh (untrained) adapters.
         object_name: prompt object name; None = the checkpoint's, else ``"Brain"``.
         device: torch device.
-        precision: ``"fp32"``, ``"bf16"`` (bf16 backbone weights; adapters and scores stay fp32) or ``"auto"``
-            (bf16 where ``device`` computes it natively, see :func:`medad.model.precision.resolve_precision`).
+        precision: ``"auto"`` (default: bf16 where ``device`` computes it natively, i.e. CUDA with bf16 support or a
+            CPU with AMX-BF16/AVX512-BF16, else fp32; logged, see :func:`medad.model.precision.resolve_precision`),
+            ``"fp32"`` or ``"bf16"`` (bf16 backbone weights; adapters and scores stay fp32). The detector's
+            ``precision`` attribute is the resolved choice.
         expected_sha256: accept a weights file with this hash even if it is not a known release.
     """
     precision = resolve_precision(precision, device)

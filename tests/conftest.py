@@ -11,6 +11,9 @@ import pytest
 
 # An isolated weights/text-feature cache for the whole run (set before medad is imported anywhere).
 os.environ.setdefault("MEDAD_HOME", tempfile.mkdtemp(prefix="medad-test-home-"))
+# precision="auto" (the default) resolves to fp32 in every test and subprocess, whatever the CPU's bf16 units, so exact
+# numbers hold on AVX2-only and AMX machines alike; tests of the probe remove it (tests/model/test_precision.py).
+os.environ["MEDAD_PRECISION"] = "fp32"
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

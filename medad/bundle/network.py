@@ -35,8 +35,10 @@ class SliceAnomalyNet(nn.Module):
     Args:
         backbone, weights, adapters, object_name, precision: passed to :func:`medad.load_detector` (``adapters="demo"``
             is the embedded demo model: tiny backbone, adapters trained on synthetic phantoms, NOT for clinical use;
-            ``weights`` is the backbone weights file, e.g. OpenAI's ``ViT-L-14-336px.pt``; ``precision`` may be
-            ``"auto"``).
+            ``weights`` is the backbone weights file, e.g. OpenAI's ``ViT-L-14-336px.pt``; ``precision`` is
+            ``"auto"`` (default), ``"fp32"`` or ``"bf16"``).
+        device: the device the network will run on: ``precision="auto"`` is resolved for it (the detector is built
+            there; the config's ``.to(@device)`` then keeps it).
         detector: an already built :class:`~medad.model.detector.AnomalyDetector` (the other arguments are ignored).
 
     Shapes:
@@ -50,12 +52,12 @@ class SliceAnomalyNet(nn.Module):
     """
 
     def __init__(self, backbone: Optional[str] = None, weights: Optional[str] = None,
-                 adapters: Optional[str] = "demo", object_name: Optional[str] = None, precision: str = "fp32",
-                 detector: Optional[nn.Module] = None) -> None:
+                 adapters: Optional[str] = "demo", object_name: Optional[str] = None, precision: str = "auto",
+                 detector: Optional[nn.Module] = None, device: str | torch.device = "cpu") -> None:
         super().__init__()
         if detector is None:
             detector = load_detector(backbone=backbone, weights=weights, adapters=adapters, object_name=object_name,
-                                     precision=precision)
+                                     precision=precision, device=device)
         self.detector = detector
 
     @property

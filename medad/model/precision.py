@@ -8,23 +8,30 @@
 
 and fp32 everywhere else (MPS, older GPUs, AVX2 CPUs). Pure torch; the CPU probe reads ``/proc/cpuinfo`` flags when
 present and falls back to torch's own CPU capability string.
+
+The environment variable ``MEDAD_PRECISION`` (``fp32`` or ``bf16``), when set, is what ``"auto"`` resolves to on every
+device: a machine-wide override where the probe is wrong, and how the test suite keeps exact numbers on any CPU.
+An explicit ``"fp32"``/``"bf16"`` argument always wins over it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Optional
 
 import torch
 
-__all__ = ["PRECISIONS", "capability", "cpu_flags", "native_bf16", "resolve_precision"]
+__all__ = ["ENV_VAR", "PRECISIONS", "capability", "cpu_flags", "native_bf16", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: CPU flags (Linux ``/proc/cpuinfo`` names) that give native bf16 GEMMs.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+#: Environment variable that fixes what ``"auto"`` resolves to (``fp32`` or ``bf16``).
+ENV_VAR = "MEDAD_PRECISION"
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,7 +74,8 @@ def native_bf16(device: torch.device | str) -> bool:
 
 
 def resolve_precision(precision: Optional[str], device: torch.device | str = "cpu") -> str:
-    """``"auto"``/None -> ``"bf16"`` or ``"fp32"`` for ``device``; ``"fp32"``/``"bf16"`` are returned unchanged.
+    """``"auto"``/None -> ``"bf16"`` or ``"fp32"`` for ``device`` (or ``$MEDAD_PRECISION`` when set);
+    ``"fp32"``/``"bf16"`` are returned unchanged.
 
     Raises:
         ValueError: for any other value.
@@ -77,6 +85,12 @@ def resolve_precision(precision: Optional[str], device: torch.device | str = "cp
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if value != "auto":
         return value
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise ValueError(f"{ENV_VAR}={os.environ[ENV_VAR]!r}: expected fp32 or bf16 (or unset for auto)")
+        log.info("precision 'auto' -> %s on %s (%s is set)", forced, torch.device(device).type, ENV_VAR)
+        return forced
     chosen = "bf16" if native_bf16(device) else "fp32"
     log.info("precision 'auto' -> %s on %s (%s)", chosen, torch.device(device).type, capability(device))
     return chosen

@@ -10,6 +10,12 @@ import torch
 from medad.model import precision as P
 
 
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    """The suite pins ``MEDAD_PRECISION=fp32`` (tests/conftest.py); these tests exercise the probe itself."""
+    monkeypatch.delenv(P.ENV_VAR, raising=False)
+
+
 @pytest.fixture
 def cpu_with(monkeypatch):
     """Make the CPU probe report exactly the given flags."""
@@ -140,3 +146,40 @@ def test_cpu_probe_without_proc_cpuinfo_never_claims_bf16(monkeypatch, fresh_pro
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert P.cpu_flags() == expected_flags
     assert P.resolve_precision("auto", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16", " BF16 "])
+def test_env_override_fixes_what_auto_means_but_not_explicit_choices(monkeypatch, cpu_with, cuda_with, forced):
+    monkeypatch.setenv(P.ENV_VAR, forced)
+    want = forced.strip().lower()
+    for flags in [(), ("amx_bf16",)]:
+        cpu_with(*flags)
+        assert P.resolve_precision("auto", "cpu") == want
+    cuda_with(want == "fp32")  # the probe would say the opposite
+    assert P.resolve_precision("auto", "cuda") == want
+    other = "bf16" if want == "fp32" else "fp32"
+    assert P.resolve_precision(other, "cpu") == other
+
+
+def test_bad_env_override_is_refused(monkeypatch):
+    monkeypatch.setenv(P.ENV_VAR, "fp16")
+    with pytest.raises(ValueError, match="MEDAD_PRECISION='fp16'"):
+        P.resolve_precision("auto", "cpu")
+    assert P.resolve_precision("fp32", "cpu") == "fp32"  # not consulted for explicit choices
+
+
+@pytest.mark.parametrize("flags, expected", [(("avx2",), "fp32"), (("avx2", "avx512f", "amx_bf16"), "bf16")])
+def test_front_ends_default_to_auto_and_log_the_choice(cpu_with, caplog, flags, expected):
+    """load_detector and the bundle network resolve 'auto' by default; the detector reports the resolved choice."""
+    import medad
+    from medad.bundle.network import SliceAnomalyNet
+
+    cpu_with(*flags)
+    want = torch.bfloat16 if expected == "bf16" else torch.float32
+    with caplog.at_level(logging.INFO, logger=P.__name__):
+        det = medad.load_detector(backbone="tiny")
+    assert (det.precision, det.model.backbone_dtype) == (expected, want)
+    assert f"precision 'auto' -> {expected} on cpu" in caplog.text
+    net = SliceAnomalyNet(backbone="tiny", adapters=None)
+    assert (net.detector.precision, net.detector.model.backbone_dtype) == (expected, want)
+    assert medad.load_detector(backbone="tiny", precision="fp32").precision == "fp32"  # explicit still honoured
