@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .model.detector import AnomalyDetector
 from .model.options import DetectorOptions
 

@@ -37,7 +37,7 @@ def _load(source):
 
 def merge_banks(banks: Sequence[Any]):
     """Concatenate memory banks (``MemoryBank`` objects, ``None`` skipped) along the token axis; None if all empty."""
-    from medad.model.memory_bank import MemoryBank
+    from medad.model import MemoryBank
 
     banks = [b for b in banks if b is not None]
     if not banks:

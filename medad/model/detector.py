@@ -17,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory_bank import MemoryBank
 from .mvfa import MVFAModel
 from .normalization import ScoreNormalizer, fuse
 from .options import DetectorOptions
 from .precision import resolve_precision
-from .scoring import level_maps, patch_probs
+from .scoring import MemoryBank, level_maps, patch_probs
 
 __all__ = ["AnomalyDetector", "DetectionResult", "OPENAI_MEAN", "OPENAI_STD", "FINGERPRINT_MAX_BACKBONE_VALUES"]
 

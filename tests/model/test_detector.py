@@ -113,7 +113,7 @@ def test_bad_input_shape_is_explained(tiny_detector):
 
 
 def test_fast_map_paths_equal_the_spec_formulas():
-    from medad.model.memory_bank import MemoryBank
+    from medad.model import MemoryBank
     from medad.model.scoring import pixel_logits, upsample_patch_map
 
     g = torch.Generator().manual_seed(9)

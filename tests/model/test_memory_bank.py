@@ -2,7 +2,7 @@ import copy
 
 import torch
 
-from medad.model.memory_bank import MemoryBank
+from medad.model import MemoryBank
 from medad.model.normalization import ScoreNormalizer, fuse
 
 
