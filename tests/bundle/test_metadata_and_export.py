@@ -109,6 +109,20 @@ def test_bundle_model_pt_and_checkpoint_are_one_format(net_with_bank, tmp_path):
     assert net.detector.fingerprint() == det.fingerprint()
 
 
+def test_nested_network_uses_the_flat_module_state(net_with_bank):
+    """Inside another module (a prefix), SliceAnomalyNet's entries are the detector's flat module state."""
+    import medad.bundle as mb
+
+    outer = torch.nn.Sequential(net_with_bank)
+    sd = outer.state_dict()
+    assert "0.detector.memory_bank.seg" in sd and "0.detector._extra_state" in sd
+    other = torch.nn.Sequential(mb.SliceAnomalyNet(backbone="tiny", adapters=None))
+    other.load_state_dict(sd)
+    x = torch.rand(1, 3, 240, 240, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.equal(other(x), outer(x))
+
+
 def test_forward_shapes_and_range(net_with_bank):
     x = torch.rand(3, 3, 200, 160)
     with torch.no_grad():

@@ -205,3 +205,12 @@ def test_model_package_imports_nothing_else_from_medad():
                     offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''} import ...")
     assert not offenders, offenders
     assert AnomalyDetector.__module__ == "medad.model.detector"
+
+
+def test_asking_for_another_object_name_keeps_the_checkpoint_options_but_not_its_text(fitted, tmp_path):
+    path = save_checkpoint(fitted, tmp_path / "liver.pt")
+    brain = medad.load_detector(adapters=str(path), object_name="Brain")
+    assert brain.options.object_name == "Brain" and brain.options.image_score_rule == "map_max"
+    assert brain.options.thresholds == fitted.options.thresholds and len(brain.memory_bank) == len(fitted.memory_bank)
+    assert torch.equal(brain.text_features, medad.load_detector(backbone="tiny").text_features)
+    assert not torch.equal(brain.text_features, fitted.text_features)
