@@ -12,19 +12,20 @@ imports when run from the bundle root, see ``ecosystem.md`` 0.6). Everything a c
   DICOM series, each series on its own: never the MONAI readers that mix series of one folder).
 * :class:`VolumeInferer` - a MONAI ``Inferer`` running :class:`medad.inference.VolumeRunner` on each volume; the
   anomaly map keeps the source geometry and carries the volume/slice scores in its ``meta``.
-* :class:`SaveAnomalyMapd`, :class:`SaveVolumeScoresd` - the NIfTI map (plus optional DICOM Parametric Map and SEG
-  for DICOM sources) and the per-volume scores CSV.
+* :class:`SaveAnomalyMapd`, :class:`SaveVolumeScoresd` - the outputs through :func:`medad.inference.write_outputs`
+  (NIfTI map, optional DICOM Parametric Map and SEG for DICOM sources) and the scores table with
+  ``medad score``'s columns (:data:`medad.inference.RESULTS_COLUMNS`).
 * :class:`MVFATrainer`, :class:`MVFAEvaluator` - ``trainer``/``evaluator`` with ``.run()`` over
   :func:`medad.training.train` / :func:`medad.evaluation.evaluate`; :func:`make_demo_dataset` - a small synthetic
   MVFA-layout dataset to try them.
 """
 
 from .data import LoadVolumed, output_name
-from .inference import (CSV_COLUMNS, SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer,
-                        prepare_volume_batch)
+from .inference import (SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer, prepare_volume_batch,
+                        volume_result)
 from .network import SliceAnomalyNet, save_model
 from .training import MVFAEvaluator, MVFATrainer, make_demo_dataset
 
-__all__ = ["SliceAnomalyNet", "save_model", "LoadVolumed", "output_name",
-           "VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS", "MVFATrainer",
-           "MVFAEvaluator", "make_demo_dataset"]
+__all__ = ["SliceAnomalyNet", "save_model", "LoadVolumed", "output_name", "VolumeInferer", "prepare_volume_batch",
+           "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "volume_result", "MVFATrainer", "MVFAEvaluator",
+           "make_demo_dataset"]

@@ -1,12 +1,17 @@
-"""Inference wiring: the volume inferer (``VolumeRunner`` per volume) and the output writers (NIfTI, DICOM, CSV)."""
+"""Inference wiring: the volume inferer (``VolumeRunner`` per volume) and the output transforms.
+
+The outputs are written by :func:`medad.inference.write_outputs` (the NIfTI map, the DICOM Parametric Map and SEG,
+with the grading, UIDs and provenance of :mod:`medad.inference`) and the scores table has the columns of
+:data:`medad.inference.RESULTS_COLUMNS`, exactly as ``medad score`` and the MONAI Label app write them.
+"""
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,19 +22,18 @@ from monai.inferers import Inferer
 from monai.transforms import MapTransform
 from torch import nn
 
-from ..io._atomic import atomic_path
-from ..model.options import DEFAULT_THRESHOLDS
+from ..inference import (OutputOptions, VolumeResult, provenance, result_scores, results_row, series_fields,
+                         write_outputs, write_results_csv)
+from ..io import write_text_atomic
 from .data import output_name
 
-__all__ = ["VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "CSV_COLUMNS"]
+__all__ = ["VolumeInferer", "prepare_volume_batch", "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS",
+           "volume_result"]
 
 log = logging.getLogger(__name__)
 
 #: ``meta`` keys :class:`VolumeInferer` adds to each anomaly map.
 SCORE_META_KEYS = ("volume_score", "slice_scores", "top_slices", "n_slices", "slice_axis", "slice_dim")
-#: Columns of the scores CSV written by :class:`SaveVolumeScoresd`.
-CSV_COLUMNS = ("name", "input", "series_uid", "modality", "volume_score", "slices", "slice_axis", "slice_dim",
-               "top_slices", "top_slice_scores", "anomaly_map", "parametric_map", "segmentation")
 
 
 class VolumeInferer(Inferer):
@@ -38,6 +42,9 @@ class VolumeInferer(Inferer):
     Args:
         runner_kwargs: passed to ``VolumeRunner`` (``batch_size`` slices per model call, ``axis``, ``intensity``,
             ``top_k``, ``view``, ``skip_empty``, ``volume_score``, ``progress``...).
+
+    After the first call, :attr:`provenance` holds :func:`medad.inference.provenance` of the detector and runner
+    (what :class:`SaveAnomalyMapd` records and derives the DICOM UIDs from).
 
     ``__call__(inputs, network)``: ``inputs`` ``[B, 1, X, Y, Z]`` (volumes of different shapes need a data loader
     ``batch_size`` of 1), ``network`` a :class:`SliceAnomalyNet` (or anything with ``.detector``, DDP unwrapped) ->
@@ -52,6 +59,7 @@ class VolumeInferer(Inferer):
         self.runner_kwargs = runner_kwargs
         self._runner = None
         self._detector = None
+        self.provenance: Optional[dict[str, Any]] = None
 
     def runner(self, network: nn.Module):
         from ..inference import VolumeRunner
@@ -60,6 +68,7 @@ class VolumeInferer(Inferer):
         detector = getattr(net, "detector", net)
         if self._runner is None or self._detector is not detector:
             self._runner, self._detector = VolumeRunner(detector, **self.runner_kwargs), detector
+            self.provenance = provenance(detector, self._runner)
         return self._runner
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> MetaTensor:
@@ -98,77 +107,86 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def volume_result(amap: MetaTensor) -> VolumeResult:
+    """The :class:`~medad.inference.VolumeResult` of an anomaly map from :class:`VolumeInferer` (its
+    :data:`SCORE_META_KEYS`), as :func:`medad.inference.write_outputs` takes it."""
+    meta = amap.meta
+    if "volume_score" not in meta:
+        raise KeyError("the anomaly map has no volume scores in its meta: use medad.bundle.VolumeInferer")
+    dim = int(_plain(meta["slice_dim"]))
+    return VolumeResult(anomaly_map=amap, volume_score=float(_plain(meta["volume_score"])),
+                        slice_scores=np.atleast_1d(np.asarray(_plain(meta["slice_scores"]), dtype=np.float32)),
+                        top_slices=[int(i) for i in np.atleast_1d(_plain(meta["top_slices"]))],
+                        axis=str(meta.get("slice_axis", "")), n_slices=int(_plain(meta["n_slices"])),
+                        source_dim=dim if dim >= 0 else None)
+
+
 class SaveAnomalyMapd(MapTransform):
-    """Write each anomaly map as ``<name>_<postfix>.nii.gz`` (:func:`medad.io.save_nifti`: the source affine as
-    sform/qform) and, for DICOM sources, optionally a float32 Parametric Map and a graded BINARY SEG referencing the
-    source series (:func:`medad.io.dicom_outputs.write_parametric_map` / ``write_segmentation``).
+    """Write each volume's outputs with :func:`medad.inference.write_outputs` into ``<output_dir>/<name>/``:
+    ``<name>_<postfix>.nii.gz`` (float32 map, the source affine) and, with ``dicom`` and a DICOM source, a float32
+    Parametric Map ``<name>_pm.dcm`` and a graded BINARY SEG ``<name>_seg.dcm`` referencing the source series.
 
     Args:
-        keys: the anomaly-map key (``"pred"``), a ``MetaTensor [1, X, Y, Z]`` on the source grid.
+        keys: the anomaly-map key (``"pred"``), a ``MetaTensor [1, X, Y, Z]`` on the source grid from
+            :class:`VolumeInferer`.
         output_dir: output folder. output_postfix: NIfTI name postfix (``anomaly``).
-        parametric_map, segmentation: also write ``<name>_pm.dcm`` / ``<name>_seg.dcm`` (DICOM sources only; a
-            NIfTI source is logged and skipped).
-        thresholds: SEG grade thresholds (``anomaly_low/mid/high``); use the detector's calibrated ones
-            (``network_def.detector.options.thresholds``).
+        dicom: also write the Parametric Map and SEG (DICOM sources only; a NIfTI source is logged and skipped).
+        inferer: the :class:`VolumeInferer` that made the maps: its provenance (model fingerprint, runner settings)
+            is recorded and gives the DICOM UIDs (:mod:`medad.inference.uids`).
+        thresholds: grading thresholds (``anomaly_low/mid/high``); None (default): the detector's own.
+        image_key: the source volume's key (``meta["source_files"]`` for the DICOM outputs); the map's meta (a copy
+            of the volume's) when absent.
 
-    The written file names are added to the map's ``meta["saved_files"]`` for :class:`SaveVolumeScoresd`.
+    The :class:`medad.inference.OutputRecord` of each volume is put in the map's ``meta["medad_outputs"]`` (as a
+    dict) for :class:`SaveVolumeScoresd`.
     """
 
     def __init__(self, keys: KeysCollection = "pred", output_dir: str | os.PathLike = "./eval",
-                 output_postfix: str = "anomaly", parametric_map: bool = False, segmentation: bool = False,
-                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, allow_missing_keys: bool = False) -> None:
+                 output_postfix: str = "anomaly", dicom: bool = False, inferer: Optional[VolumeInferer] = None,
+                 thresholds: Optional[Sequence[float]] = None, image_key: str = "image",
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix
-        self.parametric_map = parametric_map
-        self.segmentation = segmentation
-        self.thresholds = tuple(float(t) for t in thresholds)
+        self.dicom = dicom
+        self.inferer = inferer
+        self.thresholds = None if thresholds is None else tuple(float(t) for t in thresholds)
+        self.image_key = image_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from ..inference.grading import GRADE_LABELS, grade
-        from ..inference.uids import output_uids, source_key, uid_salt
-        from ..io.dicom_outputs import write_parametric_map, write_segmentation
-        from ..io.writers import save_nifti
-
         d = dict(data)
+        prov = dict(getattr(self.inferer, "provenance", None) or {})
         for key in self.key_iterator(d):
             amap = d[key]
             if not isinstance(amap, MetaTensor):
                 raise TypeError(f"'{key}' must be a MetaTensor with the source affine, got {type(amap).__name__}")
             amap = amap.detach().cpu()
+            volume = d.get(self.image_key)
+            volume = volume if isinstance(volume, MetaTensor) else amap
             name = output_name(amap.meta)
             stem = f"{name}_{self.output_postfix}" if self.output_postfix else name
-            saved = {"nifti": save_nifti(amap, self.output_dir / f"{stem}.nii.gz").name}
-            sources = list(amap.meta.get("source_files") or [])
-            if (self.parametric_map or self.segmentation) and not sources:
+            options = OutputOptions(nifti=True, overlays=0, dicom=self.dicom, provenance=prov,
+                                    thresholds=self.thresholds,
+                                    names={"nifti": f"{stem}.nii.gz", "pm": f"{name}_pm.dcm", "seg": f"{name}_seg.dcm"})
+            record = write_outputs(volume_result(amap), volume, self.output_dir / name, options)
+            if "dicom" in record.files:
                 log.info("%s: not a DICOM series, no Parametric Map/SEG written", name)
-            elif self.parametric_map or self.segmentation:
-                uids = output_uids(source_key(amap.meta), uid_salt({}, self.thresholds))
-                if self.parametric_map:
-                    saved["pm"] = write_parametric_map(amap, sources, self.output_dir / f"{name}_pm.dcm",
-                                                       series_uid=uids.pm_series,
-                                                       sop_instance_uid=uids.pm_instance).name
-                if self.segmentation:
-                    graded = MetaTensor(torch.from_numpy(grade(amap[0], self.thresholds))[None],
-                                        affine=amap.affine.clone())
-                    saved["seg"] = write_segmentation(graded, sources, self.output_dir / f"{name}_seg.dcm",
-                                                      labels=GRADE_LABELS, series_uid=uids.seg_series,
-                                                      sop_instance_uid=uids.seg_instance).name
-            d[key].meta["saved_files"] = saved
+            d[key].meta["medad_outputs"] = record.to_dict()
         return d
 
 
 class SaveVolumeScoresd(MapTransform):
-    """Write one CSV row per volume with its scores (the anomaly map's :data:`SCORE_META_KEYS`).
+    """Write the scores table: one row per volume with the columns of :data:`medad.inference.RESULTS_COLUMNS`
+    (the same table as ``medad score``'s ``results.csv``), plus ``run.json`` with the provenance fields.
 
     Args:
-        keys: the anomaly-map key (``"pred"``), after :class:`SaveAnomalyMapd` (for the file-name columns).
+        keys: the anomaly-map key (``"pred"``), after :class:`SaveAnomalyMapd`.
         output_dir: folder of the CSV. filename: CSV name (``scores.csv``).
 
     The file is rewritten atomically after every volume with all rows of this run (complete after each volume; a
-    new run replaces it). Columns: :data:`CSV_COLUMNS` (names shared with ``medad score``'s ``results.csv`` where
-    the meaning is the same); ``top_slices`` lists source slice indices (0-based, along array dim ``slice_dim``)
-    separated by spaces, ``top_slice_scores`` their scores. No patient names or IDs.
+    new run replaces it). ``series_key`` is the SeriesInstanceUID for DICOM series and the volume's ``name`` for
+    other files (never a path); ``output_dir`` is the volume's folder (``<name>``); ``top_slices`` are source slice
+    indices (0-based, along the map's slice dim) separated by spaces. No patient names or IDs.
     """
 
     def __init__(self, keys: KeysCollection = "pred", output_dir: str | os.PathLike = "./eval",
@@ -179,34 +197,18 @@ class SaveVolumeScoresd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        prov = None
         for key in self.key_iterator(d):
-            meta = getattr(d[key], "meta", {})
-            if "volume_score" not in meta:
-                raise KeyError(f"'{key}' has no volume scores in its meta: use medad.bundle.VolumeInferer")
-            name = output_name(meta)
-            top = [int(i) for i in np.atleast_1d(_plain(meta["top_slices"]))]
-            scores = np.atleast_1d(np.asarray(_plain(meta["slice_scores"]), dtype=float))
-            saved = meta.get("saved_files") or {}
-            row = {
-                "name": name,
-                "input": str(meta.get("filename_or_obj", "")),
-                "series_uid": meta.get("series_uid", ""),
-                "modality": meta.get("modality", ""),
-                "volume_score": f"{float(_plain(meta['volume_score'])):.6f}",
-                "slices": int(_plain(meta["n_slices"])),
-                "slice_axis": meta.get("slice_axis", ""),
-                "slice_dim": int(_plain(meta["slice_dim"])),
-                "top_slices": " ".join(str(i) for i in top),
-                "top_slice_scores": " ".join(f"{scores[i]:.6f}" for i in top),
-                "anomaly_map": saved.get("nifti", ""),
-                "parametric_map": saved.get("pm", ""),
-                "segmentation": saved.get("seg", ""),
-            }
+            amap = d[key]
+            scores = result_scores(volume_result(amap))
+            name = output_name(amap.meta)
+            written = amap.meta.get("medad_outputs") or {}
+            prov = written.get("provenance") or prov
+            row = results_row(series_fields(amap), "ok", scores=scores, anonymous_key=name,
+                              output_dir=name if written else "")
             self.rows.append(row)
             log.info("%s: volume score %s, top slices [%s]", name, row["volume_score"], row["top_slices"])
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(self.rows)
+        write_results_csv(self.path, self.rows)
+        if prov:
+            write_text_atomic(self.path.parent / "run.json", json.dumps(prov, indent=1, sort_keys=True) + "\n")
         return d

@@ -136,7 +136,7 @@ def build_server_argv(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server (blocks until it is stopped). Returns the exit status."""
-    from medad.label.compat import install_pydicom_shim
+    from medad.label import install_pydicom_shim
 
     install_pydicom_shim()
     if args.modality:

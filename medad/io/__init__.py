@@ -21,10 +21,10 @@ _EXPORTS = {
     "dicom_index": ("FileRecord", "IMAGE_FILE_SUFFIXES", "SeriesIndex", "SeriesRecord", "find_series",
                     "is_image_file"),
     "discovery": ("DEFAULT_EXCLUDE", "find_volumes", "volume_source"),
-    "geometry": ("itk_affine", "itk_geometry", "lps_ras", "read_image_geometry"),
     "dicom_outputs": ("write_parametric_map", "write_segmentation"),
     "dicomweb": ("StowError", "StowResult", "stow"),
-    "readers": ("SeriesLoadError", "load_series", "load_volume", "metatensor_from_hd_volume", "read_nifti"),
+    "readers": ("SeriesLoadError", "itk_affine", "itk_geometry", "load_series", "load_volume", "lps_ras",
+                "metatensor_from_hd_volume", "read_image_geometry", "read_nifti"),
     "writers": ("heat_colormap", "save_itk_image", "save_nifti", "save_overlay_png"),
     "_atomic": ("atomic_path", "write_text_atomic"),
 }
@@ -52,6 +52,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loade
     from .dicom_outputs import write_parametric_map, write_segmentation
     from .dicomweb import StowError, StowResult, stow
     from .discovery import DEFAULT_EXCLUDE, find_volumes, volume_source
-    from .geometry import itk_affine, itk_geometry, lps_ras, read_image_geometry
-    from .readers import SeriesLoadError, load_series, load_volume, metatensor_from_hd_volume, read_nifti
+    from .readers import (SeriesLoadError, itk_affine, itk_geometry, load_series, load_volume, lps_ras,
+                          metatensor_from_hd_volume, read_image_geometry, read_nifti)
     from .writers import heat_colormap, save_itk_image, save_nifti, save_overlay_png

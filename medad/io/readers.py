@@ -8,14 +8,21 @@
 * NIfTI with nibabel (the header's sform/qform affine, scl_slope applied); NRRD/MHA with SimpleITK.
 
 ``meta`` keys: ``filename_or_obj``, ``source_files`` (DICOM, in ``Z`` order), ``modality``, ``study_uid``,
-``series_uid``, ``series_key``, ``frame_of_reference_uid``, ``body_part``, ``series_description``, ``spacing``
-(``[sx, sy, sz]`` mm), ``original_affine``, ``spatial_shape``, ``space`` (``"RAS"``), ``original_channel_dim`` (0).
+``series_uid``, ``series_key``, ``series_number`` (when the series has one), ``frame_of_reference_uid``,
+``body_part``, ``series_description``, ``spacing`` (``[sx, sy, sz]`` mm), ``original_affine``, ``spatial_shape``,
+``space`` (``"RAS"``), ``original_channel_dim`` (0).
 No patient names or IDs are put in ``meta``.
+
+Coordinate conventions: medad keeps every volume in RAS (``MetaTensor.affine``: voxel index -> RAS mm, as nibabel and
+MONAI do); DICOM, ITK/SimpleITK and highdicom describe geometry in LPS. Flipping the first two world axes converts
+between the two in either direction (the flip is its own inverse): :func:`lps_ras` is the one conversion, and
+:func:`itk_affine` / :func:`itk_geometry` translate to and from SimpleITK's spacing, direction and origin.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +31,60 @@ from monai.data import MetaTensor
 
 from ._header import dcmread_any
 from .dicom_index import SeriesRecord, find_series, is_image_file
-from .geometry import itk_affine, lps_ras
 
-__all__ = ["SeriesLoadError", "load_series", "load_volume", "metatensor_from_hd_volume", "read_nifti"]
+__all__ = ["SeriesLoadError", "itk_affine", "itk_geometry", "load_series", "load_volume", "lps_ras",
+           "metatensor_from_hd_volume", "read_image_geometry", "read_nifti"]
 
 _ORIENTATION_TOL = 1e-4  # ImageOrientationPatient may differ by rounding noise between slices (grouping uses 4 dp)
+
+
+# ------------------------------------------------------------------------------------------- conventions
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lps_ras(affine) -> np.ndarray:
+    """A 4x4 affine (voxel -> world mm) converted from LPS to RAS world coordinates, or from RAS to LPS.
+
+    Returns a new float64 array; the voxel axes are unchanged, only the world x and y axes flip sign.
+    """
+    return _FLIP @ np.asarray(affine, dtype=np.float64)
+
+
+def itk_affine(image) -> np.ndarray:
+    """The RAS affine of a SimpleITK ``Image`` (or an ``ImageFileReader`` after ``ReadImageInformation``).
+
+    A 2D image becomes one slice of a 3D grid (unit spacing, identity direction along the third axis).
+    """
+    dim = int(image.GetDimension())
+    if dim not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D image, got {dim}D")
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.ones(3)
+    spacing[:dim] = image.GetSpacing()
+    origin = np.zeros(3)
+    origin[:dim] = image.GetOrigin()
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing
+    lps[:3, 3] = origin
+    return lps_ras(lps)
+
+
+def itk_geometry(affine_ras) -> tuple[Sequence[float], Sequence[float], Sequence[float]]:
+    """``(spacing, direction, origin)`` for ``SimpleITK.Image.SetSpacing/SetDirection/SetOrigin`` from a RAS affine."""
+    lps = lps_ras(affine_ras)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    return spacing.tolist(), (lps[:3, :3] / spacing).flatten().tolist(), lps[:3, 3].tolist()
+
+
+def read_image_geometry(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """``(size (X, Y, Z), RAS affine [4, 4])`` of an image file (NIfTI/NRRD/MHA/...), read from its header only."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(int(s) for s in reader.GetSize()), itk_affine(reader)
 
 
 class SeriesLoadError(ValueError):
@@ -70,6 +126,7 @@ def metatensor_from_hd_volume(volume, meta: dict | None = None) -> MetaTensor:
 
 
 def _dicom_meta(ds, record: SeriesRecord | None, source: str, files: list[str]) -> dict:
+    number = ds.get("SeriesNumber")
     return {
         "filename_or_obj": source,
         "source_files": list(files),
@@ -80,6 +137,7 @@ def _dicom_meta(ds, record: SeriesRecord | None, source: str, files: list[str]) 
         "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "")),
         "body_part": str(ds.get("BodyPartExamined", "")),
         "series_description": str(ds.get("SeriesDescription", "")),
+        **({"series_number": int(number)} if number not in (None, "") else {}),  # no None: MONAI collates meta
     }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path
-from .geometry import itk_geometry
+from .readers import itk_geometry
 
 __all__ = ["heat_colormap", "save_itk_image", "save_nifti", "save_overlay_png"]
 

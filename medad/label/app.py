@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any
 
-from .compat import install_pydicom_shim
+from . import install_pydicom_shim
 
 install_pydicom_shim()  # before anything imports monailabel.interfaces.app (pydicom_seg)
 

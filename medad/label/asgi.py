@@ -1,11 +1,11 @@
 """ASGI entry point: ``monailabel start_server ... --uvicorn_app medad.label.asgi:app``.
 
-Installs the pydicom-3 shim (see :mod:`medad.label.compat`), imports MONAI Label's FastAPI ``app``, adds handlers
+Installs the pydicom-3 shim (:func:`medad.label.install_pydicom_shim`), imports MONAI Label's FastAPI ``app``, adds handlers
 so client mistakes get 4xx answers instead of 500 (see :mod:`medad.label.errors`), and makes ``output=dicom_seg``
 convert labels with highdicom instead of dcmqi (:func:`medad.label.datastore.nifti_to_dicom_seg`).
 """
 
-from medad.label.compat import install_pydicom_shim
+from medad.label import install_pydicom_shim
 
 install_pydicom_shim()
 

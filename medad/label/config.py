@@ -37,10 +37,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from medad.inference.grading import GRADE_LABELS
+
 __all__ = ["LabelConfig", "ConfigError", "parse_thresholds", "LABELS", "MODEL_NAME"]
 
-#: Graded labels returned to the viewers (index 0 is background).
-LABELS = {"anomaly_low": 1, "anomaly_mid": 2, "anomaly_high": 3}
+#: Graded labels returned to the viewers (index 0 is background): the grades of :mod:`medad.inference.grading`.
+LABELS = {name: grade for grade, name in enumerate(GRADE_LABELS, start=1)}
 #: Name of the infer/train task.
 MODEL_NAME = "anomaly"
 

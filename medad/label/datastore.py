@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .compat import install_pydicom_shim
+from . import install_pydicom_shim
 
 install_pydicom_shim()
 

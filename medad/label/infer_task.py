@@ -7,11 +7,14 @@ with the adapters, overridable by ``--conf thresholds`` or per request) into ``a
 
 - as a float32 NIfTI saved in the datastore under the label tag ``anomaly_map``
   (``GET /datastore/label?label=<image id>&tag=anomaly_map``);
-- for DICOM inputs, as a DICOM Parametric Map + a BINARY SEG written by :mod:`medad.io` and, with a DICOMweb
-  datastore, stored to the PACS (STOW-RS), so OHIF/PACS viewers show them next to the series.
+- for DICOM inputs, as a DICOM Parametric Map + a BINARY SEG and, with a DICOMweb datastore, stored to the PACS
+  (STOW-RS), so OHIF/PACS viewers show them next to the series.
 
-The result JSON (``output=json``/``all``) holds ``volume_score``, ``top_slices``, ``slice_scores`` (one per slice
-along the runner's slice axis), ``thresholds``, ``label_voxels`` and what was saved where.
+The map, PM and SEG are written by :func:`medad.inference.write_outputs` with its grading, UID policy and provenance,
+exactly as ``medad score`` and the bundle write them. The result JSON (``output=json``/``all``) holds
+``volume_score``, ``top_slices``, ``slice_scores`` (one per slice along the runner's slice axis), ``thresholds``,
+``label_voxels``, ``grading`` (:func:`medad.inference.grading_summary`), ``provenance``
+(:func:`medad.inference.provenance`) and what was saved where.
 
 Per-request ``params`` (all optional): ``thresholds`` (3 increasing numbers in [0, 1]), ``top_k`` (int >= 1),
 ``write_dicom`` (bool), ``save_anomaly_map`` (bool), plus MONAI Label's ``result_extension``/``result_dtype``.
@@ -19,6 +22,7 @@ Per-request ``params`` (all optional): ``thresholds`` (3 increasing numbers in [
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -31,7 +35,7 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from ..inference.grading import grade
+from ..inference import GRADE_LABELS, OutputOptions, grade, grading_summary, write_outputs
 from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
 from .errors import BadRequest, NotFound
 from .store import DetectorStore
@@ -59,12 +63,16 @@ def reference_geometry(path: str) -> Optional[tuple[tuple[int, ...], np.ndarray]
 def to_reference_grid(volume: MetaTensor, size: Sequence[int], affine: np.ndarray, what: str) -> MetaTensor:
     """Permute/flip a ``[C, X, Y, Z]`` MetaTensor onto the grid ``(size, affine)`` of the reference image.
 
-    Only axis permutations and flips are applied (exact, no resampling). Raises :class:`RuntimeError` naming
+    Only axis permutations and flips are applied (exact, no resampling); a map already on that grid is returned as
+    it is. Raises :class:`RuntimeError` naming
     ``what`` when the grids differ by more than that.
     """
     import nibabel as nib
     from monai.transforms import Orientation
 
+    if tuple(volume.shape[1:]) == tuple(size) and np.allclose(np.asarray(volume.affine, dtype=np.float64), affine,
+                                                             atol=1e-3):
+        return volume  # already on the grid: the map goes out unchanged (the same bytes as medad score writes)
     axcodes = "".join(nib.aff2axcodes(affine))
     out = Orientation(axcodes=axcodes)(volume)
     got = np.asarray(out.affine, dtype=np.float64)
@@ -198,6 +206,7 @@ class AnomalyInferTask(BasicInferTask):
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cuda"):
         _, runner = self.store.get()
         result = runner.run(data["volume"])
+        data["volume_result"] = result
         data["anomaly_map"] = result.anomaly_map  # [1, X, Y, Z] on the volume's grid
         scores = np.asarray(result.slice_scores, dtype=np.float64)
         skipped = np.asarray(result.skipped, dtype=bool) if len(result.skipped) == len(scores) \
@@ -228,12 +237,14 @@ class AnomalyInferTask(BasicInferTask):
         if ref is not None:
             amap = to_reference_grid(amap, ref[0], ref[1], what=os.path.basename(data["image"]))
         data["anomaly_map"] = amap
+        data["volume_result"] = dataclasses.replace(data["volume_result"], anomaly_map=amap)  # what is written
         labels = grade(amap[0], data["thresholds"])
         data["pred"] = MetaTensor(torch.from_numpy(labels), affine=amap.affine.clone())
-        counts = np.bincount(labels.ravel(), minlength=len(LABELS) + 1)
+        grading = grading_summary(labels, data["thresholds"], GRADE_LABELS)
         data["result"].update({
-            "thresholds": [float(t) for t in data["thresholds"]],
-            "label_voxels": {name: int(counts[i]) for name, i in LABELS.items()},
+            "thresholds": grading["thresholds"],
+            "label_voxels": {name: grading["voxels"][name] for name in LABELS},
+            "grading": grading,
             "max_score": round(float(amap.max()), 6),
         })
         return data
@@ -244,68 +255,58 @@ class AnomalyInferTask(BasicInferTask):
                                       **({"result_dtype": dtype} if dtype else {})})
         result_file = write_label(data["pred"], ext, np_dtype, bool(data.get("result_compress", False)))
         result_json = dict(data["result"])
+        result_json["provenance"] = self.store.provenance()
         outputs: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="medad_label_") as tmp:
             if data["save_anomaly_map"]:
-                outputs[ANOMALY_MAP_TAG] = self._save_map(data, Path(tmp))
+                outputs[ANOMALY_MAP_TAG] = self._save_map(data, Path(tmp), result_json["provenance"])
             if data["write_dicom"]:
                 try:
-                    outputs["dicom"] = self._write_dicom(data, Path(tmp))
+                    outputs["dicom"] = self._write_dicom(data, Path(tmp), result_json["provenance"])
                 except Exception as e:  # noqa: BLE001 - a PACS problem must not keep the label from the viewer
                     logger.warning("DICOM Parametric Map/SEG not written or not stored: %s", e)
                     outputs["dicom"] = {"written": False, "error": f"{type(e).__name__}: {e}"}
         result_json["outputs"] = outputs
         return result_file, result_json
 
-    def _save_map(self, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    @staticmethod
+    def _options(data: dict[str, Any], provenance: dict[str, Any], **kw: Any) -> OutputOptions:
+        return OutputOptions(overlays=0, provenance=provenance, thresholds=data["thresholds"], labels=GRADE_LABELS,
+                             **kw)
+
+    def _save_map(self, data: dict[str, Any], tmp: Path, provenance: dict[str, Any]) -> dict[str, Any]:
         """Save the float32 map as NIfTI under the datastore tag ``anomaly_map`` (datastore images only)."""
         image_id = data.get("image_id")
         store = self.datastore() if self.datastore else None
         if not image_id or store is None:
             return {"saved": False, "reason": "not a datastore image"}
-        from medad.io import save_nifti
-
-        path = save_nifti(data["anomaly_map"], tmp / f"{image_id}.nii.gz", dtype=np.float32)
+        record = write_outputs(data["volume_result"], data["volume"], tmp,
+                               self._options(data, provenance, nifti=True, dicom=False,
+                                             names={"nifti": f"{image_id}.nii.gz"}))
         info = {"model": data.get("model"), "volume_score": data["result"]["volume_score"],
-                "thresholds": data["result"]["thresholds"]}
+                "thresholds": data["result"]["thresholds"], "model_sha256": provenance.get("model_sha256")}
         try:
-            label_id = store.save_label(image_id, str(path), ANOMALY_MAP_TAG, info)
+            label_id = store.save_label(image_id, str(tmp / record.files["nifti"]), ANOMALY_MAP_TAG, info)
         except Exception as e:  # noqa: BLE001 - the label map must still reach the viewer
             logger.warning("could not save the anomaly map in the datastore: %s", e)
             return {"saved": False, "reason": f"{type(e).__name__}: {e}"}
         return {"saved": True, "tag": ANOMALY_MAP_TAG, "label": label_id}
 
-    def _write_dicom(self, data: dict[str, Any], tmp: Path) -> dict[str, Any]:
-        """Parametric Map + BINARY SEG for DICOM inputs (:mod:`medad.io`), STOWed when a DICOMweb url is known."""
+    def _write_dicom(self, data: dict[str, Any], tmp: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+        """Parametric Map + BINARY SEG for DICOM inputs (:func:`medad.inference.write_outputs`: its UID policy gives
+        a new series for another model, memory bank or thresholds), STOWed when a DICOMweb url is known."""
         volume = data["volume"]
         if not volume.meta.get("source_files"):
             return {"written": False, "reason": "input is not a DICOM series"}
-        from medad.io import stow, write_parametric_map, write_segmentation
+        from medad.io import stow
 
-        from pydicom.uid import generate_uid
-
-        # UIDs fixed by (source series, model state, thresholds): re-scoring with the same model re-sends the same
-        # instances, while a grown memory bank or other thresholds give a new series (a PACS keeps the first copy
-        # of an instance it already has, so reusing UIDs would hide the new result).
-        key = ["medad-label", str(volume.meta.get("series_uid", "")), self.store.fingerprint(),
-               *(f"{t:.6g}" for t in data["thresholds"])]
-
-        def uid(*parts: str) -> str:
-            return generate_uid(entropy_srcs=[*key, *parts])
-
-        pm = write_parametric_map(data["anomaly_map"], volume, tmp / "anomaly_pm.dcm", series_uid=uid("pm", "series"),
-                                  sop_instance_uid=uid("pm", "instance"))
-        seg = write_segmentation(data["pred"], volume, tmp / "anomaly_seg.dcm", labels=LABELS,
-                                 series_uid=uid("seg", "series"), sop_instance_uid=uid("seg", "instance"))
+        record = write_outputs(data["volume_result"], volume, tmp,
+                               self._options(data, provenance, nifti=False, dicom=True,
+                                             names={"pm": "anomaly_pm.dcm", "seg": "anomaly_seg.dcm"}))
         out: dict[str, Any] = {"written": True, "stowed": False,
-                               "parametric_map_series_uid": _series_uid(pm), "segmentation_series_uid": _series_uid(seg)}
+                               "parametric_map_series_uid": record.uids["pm_series"],
+                               "segmentation_series_uid": record.uids["seg_series"]}
         if self.dicomweb_url:
-            result = stow(self.dicomweb_url, [pm, seg])
+            result = stow(self.dicomweb_url, [tmp / record.files["pm"], tmp / record.files["seg"]])
             out["stowed"] = len(result.stored) == 2
         return out
-
-
-def _series_uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)

@@ -62,6 +62,7 @@ class DetectorStore:
         self._runner = None
         self._loaded_mtime: Optional[float] = None
         self._site_in_use = False
+        self._provenance: Optional[tuple[Any, dict[str, Any]]] = None
 
     # ------------------------------------------------------------------ building
     def _site_mtime(self) -> Optional[float]:
@@ -170,14 +171,17 @@ class DetectorStore:
                 self._loaded_mtime = mtime
             return self._detector, self._runner
 
-    def fingerprint(self) -> str:
-        """Short digest of what determines the maps: the detector's fingerprint (weights, bank, options with
-        thresholds) and the runner options."""
-        import hashlib
+    def provenance(self) -> dict[str, Any]:
+        """:func:`medad.inference.provenance` of the loaded detector and runner (the model fingerprint covers the
+        adapters, the grown memory bank and the thresholds): recorded with every result and mixed into the DICOM
+        UIDs, so a grown bank gives new PM/SEG series. Computed once per (re)load."""
+        from medad.inference import provenance
 
-        det, _ = self.get()
-        parts = [det.fingerprint(), json.dumps(self.config.runner_options, sort_keys=True)]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        with self._lock:
+            det, runner = self.get()
+            if self._provenance is None or self._provenance[0] is not det:
+                self._provenance = (det, provenance(det, runner))
+            return dict(self._provenance[1])
 
     def info(self) -> dict[str, Any]:
         """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers)."""

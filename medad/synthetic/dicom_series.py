@@ -24,7 +24,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from ..io.geometry import lps_ras
+from ..io.readers import lps_ras
 
 __all__ = ["TRANSFER_SYNTAXES", "series_uids", "write_dicom_series"]
 

@@ -43,24 +43,43 @@ def test_workflow_properties(inference_run):
 
 
 def test_outputs_and_csv(inference_run, dataset_dir):
+    from medad.inference import RESULTS_COLUMNS
+
     _, out, _ = inference_run
-    rows = {r["name"]: r for r in _read_csv(out / "scores.csv")}
+    with open(out / "scores.csv", newline="") as fh:
+        assert tuple(csv.DictReader(fh).fieldnames) == RESULTS_COLUMNS  # medad score's results.csv columns
+    rows = {r["output_dir"]: r for r in _read_csv(out / "scores.csv")}
     # one row per volume; the mask next to the MR image is excluded by the default "*mask*" pattern
     assert set(rows) == {"ct_head_dicom", "mr_flair"}
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["ct_head_dicom_anomaly.nii.gz", "mr_flair_anomaly.nii.gz"]
-    assert rows["ct_head_dicom"]["modality"] == "CT" and rows["mr_flair"]["parametric_map"] == ""
-    for r in rows.values():
-        assert (out / r["anomaly_map"]).is_file()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz")) == [
+        "ct_head_dicom/ct_head_dicom_anomaly.nii.gz", "mr_flair/mr_flair_anomaly.nii.gz"]
+    assert rows["ct_head_dicom"]["modality"] == "CT" and rows["ct_head_dicom"]["series_key"] == \
+        rows["ct_head_dicom"]["series_uid"] != ""
+    assert rows["mr_flair"]["series_key"] == "mr_flair" and rows["mr_flair"]["series_uid"] == ""  # never a path
+    for name, r in rows.items():
+        assert r["status"] == "ok" and r["error"] == ""
         n = int(r["slices"])
         top = [int(i) for i in r["top_slices"].split()]
         top_scores = [float(s) for s in r["top_slice_scores"].split()]
-        assert r["slice_axis"] == "axial" and r["slice_dim"] == "2"
         assert len(top) == 5 and len(set(top)) == 5 and all(0 <= i < n for i in top)
         assert top_scores == sorted(top_scores, reverse=True)
-        # default volume score: mean of the top-5 slice scores
-        assert float(r["volume_score"]) == pytest.approx(np.mean(top_scores), abs=1e-5)
-        data = nib.load(out / r["anomaly_map"]).get_fdata(dtype=np.float32)
+        # default volume score: mean of the top-5 slice scores (written with 4 decimals)
+        assert float(r["volume_score"]) == pytest.approx(np.mean(top_scores), abs=1e-4)
+        data = nib.load(out / name / f"{name}_anomaly.nii.gz").get_fdata(dtype=np.float32)
         assert data.dtype == np.float32 and 0.0 <= data.min() and data.max() <= 1.0 and data.std() > 0
+
+
+def test_run_json_holds_the_provenance(inference_run):
+    import json
+
+    from medad.inference import provenance
+
+    wf, out, _ = inference_run
+    prov = json.loads((out / "run.json").read_text())
+    det = wf.parser.get_parsed_content("network_def").detector
+    runner = wf.parser.get_parsed_content("inferer").runner(wf.parser.get_parsed_content("network_def"))
+    assert prov == provenance(det, runner)
+    assert prov["top_k"] == 5 and prov["axis"] == "axial" and len(prov["model_sha256"]) == 64
 
 
 def test_dicom_parametric_map_and_seg(inference_run, dataset_dir):
@@ -68,17 +87,34 @@ def test_dicom_parametric_map_and_seg(inference_run, dataset_dir):
     import highdicom as hd
     import pydicom
 
+    from medad.inference import grade
+
     _, out, _ = inference_run
-    row = {r["name"]: r for r in _read_csv(out / "scores.csv")}["ct_head_dicom"]
-    assert (row["parametric_map"], row["segmentation"]) == ("ct_head_dicom_pm.dcm", "ct_head_dicom_seg.dcm")
+    row = {r["output_dir"]: r for r in _read_csv(out / "scores.csv")}["ct_head_dicom"]
+    folder = out / "ct_head_dicom"
+    assert sorted(p.name for p in folder.iterdir()) == ["ct_head_dicom_anomaly.nii.gz", "ct_head_dicom_pm.dcm",
+                                                        "ct_head_dicom_seg.dcm"]
     src = pydicom.dcmread(next((dataset_dir / "ct_head" / "dicom").iterdir()), stop_before_pixels=True)
-    pm = pydicom.dcmread(out / row["parametric_map"])
+    pm = pydicom.dcmread(folder / "ct_head_dicom_pm.dcm")
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and int(pm.NumberOfFrames) == int(row["slices"])
     assert pm.FrameOfReferenceUID == src.FrameOfReferenceUID
     assert pm.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID == row["series_uid"]
-    seg = hd.seg.segread(out / row["segmentation"])
+    seg = hd.seg.segread(folder / "ct_head_dicom_seg.dcm")
     assert [d.SegmentLabel for d in seg.SegmentSequence] == ["anomaly_low", "anomaly_mid", "anomaly_high"]
-    assert not (out / "mr_flair_pm.dcm").exists()  # NIfTI source: no DICOM objects
+    # the SEG holds the map graded with the model's thresholds
+    from medad.io import load_volume
+
+    amap = load_volume(folder / "ct_head_dicom_anomaly.nii.gz")
+    thresholds = _wf_thresholds(inference_run)
+    labels = seg.get_volume(combine_segments=True).array
+    assert np.bincount(labels.ravel(), minlength=4).tolist() == np.bincount(grade(amap[0], thresholds).ravel(),
+                                                                            minlength=4).tolist()
+    assert not list((out / "mr_flair").glob("*.dcm"))  # NIfTI source: no DICOM objects
+
+
+def _wf_thresholds(inference_run):
+    wf = inference_run[0]
+    return tuple(wf.parser.get_parsed_content("network_def").detector.options.thresholds)
 
 
 def test_geometry_matches_sources(inference_run, dataset_dir):
@@ -86,9 +122,9 @@ def test_geometry_matches_sources(inference_run, dataset_dir):
     _, out, _ = inference_run
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dataset_dir / "ct_head" / "dicom")))
-    pairs = [(reader.Execute(), sitk.ReadImage(str(out / "ct_head_dicom_anomaly.nii.gz"))),
+    pairs = [(reader.Execute(), sitk.ReadImage(str(out / "ct_head_dicom" / "ct_head_dicom_anomaly.nii.gz"))),
              (sitk.ReadImage(str(dataset_dir / "mr" / "flair.nii.gz")),
-              sitk.ReadImage(str(out / "mr_flair_anomaly.nii.gz")))]
+              sitk.ReadImage(str(out / "mr_flair" / "mr_flair_anomaly.nii.gz")))]
     for src, amap in pairs:
         assert amap.GetSize() == src.GetSize()
         np.testing.assert_allclose(amap.GetOrigin(), src.GetOrigin(), atol=1e-3)
@@ -105,7 +141,7 @@ def test_demo_maps_localise_the_sample_lesions(inference_run):
 
     _, out, _ = inference_run
     for name, mask in [("ct_head_dicom", "ct_head_phantom"), ("mr_flair", "mr_flair_phantom")]:
-        amap, gt = nib.load(out / f"{name}_anomaly.nii.gz"), nib.load(SAMPLE / mask / "lesion_mask.nii.gz")
+        amap, gt = nib.load(out / name / f"{name}_anomaly.nii.gz"), nib.load(SAMPLE / mask / "lesion_mask.nii.gz")
         np.testing.assert_allclose(amap.affine, gt.affine, atol=1e-4)
         assert roc_auc_score(gt.get_fdata().ravel() > 0, amap.get_fdata().ravel()) > 0.7, name
 
@@ -120,10 +156,10 @@ def test_bundle_is_wiring_over_volume_runner(inference_run, dataset_dir):
     kw = model_overrides()
     det = medad.load_detector(backbone=kw.get("backbone"), adapters=kw.get("adapters", "demo"))
     res = VolumeRunner(det, batch_size=7).run(load_volume(dataset_dir / "mr" / "flair.nii.gz"))
-    saved = nib.load(out / "mr_flair_anomaly.nii.gz").get_fdata(dtype=np.float32)
+    saved = nib.load(out / "mr_flair" / "mr_flair_anomaly.nii.gz").get_fdata(dtype=np.float32)
     np.testing.assert_allclose(saved, res.anomaly_map[0].numpy(), atol=1e-5)
-    row = {r["name"]: r for r in _read_csv(out / "scores.csv")}["mr_flair"]
-    assert float(row["volume_score"]) == pytest.approx(res.volume_score, abs=1e-5)
+    row = {r["output_dir"]: r for r in _read_csv(out / "scores.csv")}["mr_flair"]
+    assert float(row["volume_score"]) == pytest.approx(res.volume_score, abs=1e-6)
     assert [int(i) for i in row["top_slices"].split()] == res.top_slices
 
 
@@ -139,8 +175,8 @@ def test_cli_from_repo_root(sample_volumes, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _read_csv(out / "scores.csv")
-    assert [r["name"] for r in rows] == ["image"]
-    img = nib.load(out / "image_anomaly.nii.gz")
+    assert [r["output_dir"] for r in rows] == ["image"]
+    img = nib.load(out / "image" / "image_anomaly.nii.gz")
     np.testing.assert_allclose(img.affine, nib.load(sample_volumes["mr_nifti"]).affine, atol=1e-4)
     assert "volume score" in proc.stdout  # logging.conf routes medad's INFO lines to stdout
 

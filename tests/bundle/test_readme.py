@@ -72,11 +72,12 @@ def test_readme_commands_in_fresh_clone(tmp_path):
     stdout = "".join(out for out, _ in outs)
     # default inference: both sample volumes, demo model
     with open(bundle / "eval" / "scores.csv", newline="") as fh:
-        rows = {r["name"]: r for r in csv.DictReader(fh)}
+        rows = {r["output_dir"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"ct_head_phantom_dicom", "mr_flair_phantom_image"}
     # DICOM outputs for the CT series
-    assert {p.name for p in (clone / "out" / "bundle_ct").iterdir()} >= {"dicom_anomaly.nii.gz", "dicom_pm.dcm",
-                                                                          "dicom_seg.dcm", "scores.csv"}
+    assert {p.name for p in (clone / "out" / "bundle_ct").iterdir()} >= {"dicom", "scores.csv", "run.json"}
+    assert {p.name for p in (clone / "out" / "bundle_ct" / "dicom").iterdir()} == {
+        "dicom_anomaly.nii.gz", "dicom_pm.dcm", "dicom_seg.dcm"}
     assert "metadata is verified with no error" in stdout
     assert "data shape of network is verified with no error" in stdout
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "models" / "model.ts").is_file()
