@@ -128,6 +128,7 @@ def test_fingerprint_tracks_what_changes_outputs(fitted):
 def test_precision_auto_is_resolved_for_the_device(monkeypatch):
     from medad.model import precision as P
 
+    monkeypatch.delenv(P.ENV_VAR, raising=False)  # the suite pins auto to fp32; here the probe decides
     monkeypatch.setattr(P, "native_bf16", lambda device: True)
     assert medad.load_detector(backbone="tiny", precision="auto").precision == "bf16"
     monkeypatch.setattr(P, "native_bf16", lambda device: False)
