@@ -20,7 +20,6 @@ the two, so whatever the detector's state holds is what a checkpoint holds.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,6 +27,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ._version import __version__
+from .io._atomic import atomic_path
 from .model.detector import AnomalyDetector
 from .model.options import DetectorOptions
 
@@ -156,16 +156,6 @@ def save_checkpoint(detector: AnomalyDetector, path: str | os.PathLike, extra: O
     if official_only:
         state.pop("medad")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # created with the usual umask permissions, like any file the user writes
         torch.save(state, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file the user writes
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import torch
 
 from .checkpoints import apply_checkpoint, read_checkpoint
+from .io._atomic import atomic_path
 from .model.backbone import build_clip, get_backbone_config
 from .model.detector import AnomalyDetector
 from .model.mvfa import MVFAModel
@@ -60,10 +61,8 @@ def _text_features(clip, backbone_id: str, object_name: str, device: str) -> tor
     clip = clip.to(device)
     feats = encode_prompt_ensemble(clip.encode_text, tokenizer, object_name, device).cpu()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(feats, tmp)
     except OSError as e:  # a read-only home must not stop inference
         log.warning("could not cache text features at %s: %s", path, e)
     return feats

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from .io._atomic import atomic_path
 from .model.backbone import get_backbone_config, list_backbones
 
 __all__ = ["WeightsError", "cache_dir", "sha256_file", "known_hashes", "verify_weights", "import_weights",
@@ -92,9 +93,8 @@ def import_weights(path: str | os.PathLike, expected_sha256: Optional[str] = Non
     dest_dir = cache_dir() / "weights"
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / Path(path).name
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(path, tmp)
     _register(dest, digest, backbone, tag)
     return dest
 
@@ -186,15 +186,10 @@ def fetch_weights(backbone: str = "ViT-L-14-336", tag: str = "openai") -> Path:
     dest_dir = cache_dir() / "weights"
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / entry["filename"]
-    tmp = dest_dir / (entry["filename"] + ".part")
     log.info("downloading %s", entry["url"])
-    with urllib.request.urlopen(entry["url"]) as r, open(tmp, "wb") as f:  # noqa: S310 - explicit user request
-        shutil.copyfileobj(r, f)
-    try:
+    with atomic_path(dest) as tmp:  # a failed download or a wrong hash leaves no file behind
+        with urllib.request.urlopen(entry["url"]) as r, open(tmp, "wb") as f:  # noqa: S310 - explicit user request
+            shutil.copyfileobj(r, f)
         digest = verify_weights(tmp, entry["sha256"])
-    except WeightsError:
-        tmp.unlink()
-        raise
-    os.replace(tmp, dest)
     _register(dest, digest, backbone, tag)
     return dest
