@@ -51,7 +51,7 @@ def child(args) -> None:
     """One timed run in this process; prints a JSON line."""
     import torch
 
-    from medad.engine.score import score
+    from medad.batch import score
 
     torch.set_num_threads(max(1, int(args.threads)))
     r0, k0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -1,6 +1,6 @@
 """``medad score INPUT... --out DIR``: score every series of a PACS export (resumable, accountable, distributed).
 
-See :mod:`medad.engine.score`. Exit code: 0 when every selected series was scored and no input file was damaged,
+See :mod:`medad.batch`. Exit code: 0 when every selected series was scored and no input file was damaged,
 1 when some series or files failed (the summary and ``results.csv``/``manifest.jsonl`` say which and why), 2 for
 usage errors (bad arguments, an output folder made with other settings).
 """
@@ -56,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.score import ScoreConfigError, score
+    from ..batch import ScoreConfigError, score
 
     try:
         summary = score(
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"exit code {summary.exit_code}: "
               + ("all series scored" if summary.exit_code == 0 else
                  f"{summary.n_failed} series and {summary.n_files_failed} files failed"))
-    from ..engine.distributed import cleanup
+    from ..training.distributed import cleanup
 
     cleanup()
     return summary.exit_code

@@ -40,9 +40,23 @@ def grade(values: torch.Tensor | np.ndarray, thresholds: Sequence[float] = DEFAU
     Returns:
         ``uint8`` array of the same shape (a tensor is read on the CPU).
     """
-    t = np.asarray(check_thresholds(thresholds), dtype=np.float64)
+    t = check_thresholds(thresholds)
     a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    return np.digitize(a, t).astype(np.uint8)
+    if a.dtype != np.float32:
+        a = a.astype(np.float64)
+    # np.digitize(a, t) without its sort-based cost (~8x slower on a 512x512x300 map): count the thresholds each
+    # value reaches, compared exactly as float64 (a float32 value v >= t iff v >= the smallest float32 >= t); NaN
+    # gets the top grade like np.digitize
+    out = np.isnan(a).view(np.uint8) * np.uint8(len(t))
+    for th in t:
+        out += (a >= _at_least(th, a.dtype)).view(np.uint8)
+    return out
+
+
+def _at_least(t: float, dtype: np.dtype):
+    """The smallest value of ``dtype`` that is >= ``t``."""
+    v = dtype.type(t)
+    return np.nextafter(v, dtype.type(np.inf)) if float(v) < t else v
 
 
 def grading_summary(graded: np.ndarray, thresholds: Sequence[float],

@@ -49,6 +49,16 @@ def test_grade_is_the_one_rule():
     for bad in [(), (0.5, 0.5, 0.9), (0.9, 0.5)]:
         with pytest.raises(ValueError, match="strictly increasing"):
             grade(v, bad)
+    # exactly np.digitize (float64 comparison), also at float32 neighbours of the thresholds, for NaN and +-inf
+    rng = np.random.default_rng(0)
+    a = rng.random((30, 20, 10)).astype(np.float32)
+    for t in THRESHOLDS:
+        f = np.float32(t)
+        a.flat[rng.integers(0, a.size, 20)] = [f, np.nextafter(f, np.float32(1)), np.nextafter(f, np.float32(0)),
+                                               *rng.random(17)]
+    a.flat[:3] = [np.nan, np.inf, -np.inf]
+    for arr in (a, a.astype(np.float64), a.astype(np.float16)):
+        np.testing.assert_array_equal(grade(arr, THRESHOLDS), np.digitize(arr, np.asarray(THRESHOLDS)))
     summary = grading_summary(grade(v, THRESHOLDS), THRESHOLDS)
     assert summary == {"thresholds": list(THRESHOLDS), "labels": list(GRADE_LABELS),
                        "voxels": {"background": 2, "anomaly_low": 2, "anomaly_mid": 2, "anomaly_high": 2}}

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io._atomic import atomic_path
+from ..io._atomic import write_text_atomic
 
 __all__ = ["write_report"]
 
@@ -57,7 +57,7 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
 
     Args:
         path: output file (its folder is the output folder: the records' paths are relative to it).
-        outcomes: :class:`medad.engine.manifest.SeriesOutcome` records (ok and failed).
+        outcomes: :class:`medad.batch.records.SeriesOutcome` records (ok and failed).
         n_files, filtered: counts shown in the header.
     """
     ok = sorted((o for o in outcomes if o.ok), key=lambda o: (-(o.volume_score or 0.0), o.key))
@@ -99,6 +99,4 @@ def write_report(path: str | os.PathLike, outcomes: Sequence, *, n_files: int = 
         + (("<h2>Failed series</h2><table><thead><tr><th>series</th><th>modality</th><th>description</th>"
             "<th>stage</th><th>reason</th></tr></thead><tbody>" + fails + "</tbody></table>") if failed else "")
         + "</body></html>\n")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(body, encoding="utf-8")
-    return Path(path)
+    return write_text_atomic(path, body)

@@ -1,11 +1,11 @@
-"""The on-disk state of a ``medad score`` run: per-series records, ``results.csv`` and ``manifest.jsonl``.
+"""The on-disk state of a ``medad score`` run: per-series records, the run settings and the run lock.
 
 Layout of an output folder::
 
-    OUT/run.json                         settings that change the outputs (model digest, intensity, top-k...)
+    OUT/run.json                         settings that change the outputs (provenance fields, overlays, --dicom-out)
     OUT/run.lock                         held (flock) while a run writes here
-    OUT/series/<dir>/anomaly_map.nii.gz  float32 map in the source geometry
-    OUT/series/<dir>/top1_slice0012.png  overlays of the most anomalous slices
+    OUT/series/<dir>/anomaly_map.nii.gz  float32 map in the source geometry          } written by
+    OUT/series/<dir>/top1_slice0012.png  overlays of the most anomalous slices        } medad.inference.write_outputs
     OUT/series/<dir>/pm.dcm, seg.dcm     DICOM Parametric Map + BINARY SEG (``--dicom-out``)
     OUT/series/<dir>/record.json         written LAST, atomically: the series is done (ok, failed or skipped)
     OUT/results.csv                      one row per series     } regenerated from the index and the records
@@ -15,9 +15,9 @@ Layout of an output folder::
 
 A series counts as done only when its ``record.json`` exists with status ``ok`` or ``skipped`` (``failed`` ones are
 retried unless asked not to) and was made from the same input files (paths, sizes, mtimes) with the same settings
-(:func:`series_fingerprint`). Every other file is written
-atomically (temporary name + ``os.replace``), so a run killed at any point (even ``kill -9``) leaves complete files or
-none, and a rerun redoes exactly the series without a valid record: nothing is lost or duplicated.
+(:func:`series_fingerprint`). Every other file is written atomically (temporary name + ``os.replace``), so a run
+killed at any point (even ``kill -9``) leaves complete files or none, and a rerun redoes exactly the series without a
+valid record: nothing is lost or duplicated.
 
 The records hold no timings that end up in ``results.csv``/``manifest.jsonl``, so an interrupted and resumed run gives
 byte-identical tables to an uninterrupted one.
@@ -26,37 +26,23 @@ byte-identical tables to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..io._atomic import write_text_atomic
 
-__all__ = [
-    "RECORD_NAME", "RESULTS_COLUMNS", "FAILED_REASONS", "SeriesOutcome", "series_dir_name", "series_fingerprint",
-    "read_record", "write_record", "write_text_atomic", "file_entries", "write_results_csv", "write_manifest",
-    "remove_stale_temporaries", "config_hash", "acquire_run_lock", "release_run_lock", "run_config",
-    "check_run_config", "RunConfigError", "OutputBusyError",
-]
+__all__ = ["RECORD_NAME", "SeriesOutcome", "OutputBusyError", "RunConfigError", "acquire_run_lock",
+           "check_run_config", "config_hash", "read_record", "release_run_lock", "remove_stale_temporaries",
+           "run_config", "series_dir_name", "series_fingerprint", "write_record"]
 
 RECORD_NAME = "record.json"
 RECORD_VERSION = 1
-
-#: ``results.csv`` columns. Identifiers are UIDs and the series key only: no patient names or IDs.
-RESULTS_COLUMNS = ("series_key", "study_uid", "series_uid", "series_number", "modality", "body_part",
-                   "series_description", "n_files", "slices", "volume_score", "top_slices", "top_slice_scores",
-                   "status", "error", "output_dir")
-
-#: Index skip reasons (see :mod:`medad.io.dicom_index`) that mean damaged data rather than "not a volume to score":
-#: such files are reported ``failed`` (and make the exit code non-zero), the others ``skipped``.
-FAILED_REASONS = frozenset({"truncated", "unreadable"})
 
 
 @dataclass
@@ -73,6 +59,8 @@ class SeriesOutcome:
         series: identifying fields of the source series (UIDs, modality, description, ...).
         n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
         outputs: paths relative to ``OUT`` (``nifti``, ``pngs``, ``pm``, ``seg``) and ``stow`` status.
+        grading, uids, provenance: as :class:`medad.inference.OutputRecord` (grading summary, PM/SEG UIDs,
+            provenance fields).
         seconds: wall time spent on the series: ``{"load": decode in a worker, "score": model, "write": outputs
             (+ STOW)}`` (informative; not copied into the tables).
     """
@@ -90,6 +78,9 @@ class SeriesOutcome:
     top_slice_scores: list[float] = field(default_factory=list)
     slice_scores: list[float] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    grading: dict[str, Any] = field(default_factory=dict)
+    uids: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     version: int = RECORD_VERSION
 
@@ -100,6 +91,11 @@ class SeriesOutcome:
     @property
     def skipped(self) -> bool:
         return self.status == "skipped"
+
+    def scores(self) -> dict[str, Any]:
+        """The scores as :func:`medad.inference.result_scores` gives them (for :func:`medad.inference.results_row`)."""
+        return {"n_slices": self.n_slices, "volume_score": self.volume_score, "top_slices": self.top_slices,
+                "top_slice_scores": self.top_slice_scores, "slice_scores": self.slice_scores}
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, indent=1)
@@ -164,6 +160,14 @@ def remove_stale_temporaries(out_dir: str | os.PathLike) -> int:
     return n
 
 
+class OutputBusyError(RuntimeError):
+    """Another run is writing to the same output folder."""
+
+
+class RunConfigError(ValueError):
+    """The output folder holds results made with other settings."""
+
+
 def acquire_run_lock(out_dir: str | os.PathLike):
     """Hold ``OUT/run.lock`` (``flock``) while a run writes there; the OS releases it if the process dies.
 
@@ -199,17 +203,9 @@ def release_run_lock(fh) -> None:
         fh.close()
 
 
-class OutputBusyError(RuntimeError):
-    """Another run is writing to the same output folder."""
-
-
-class RunConfigError(ValueError):
-    """The output folder holds results made with other settings."""
-
-
-def run_config(provenance: dict, *, overlays, dicom_out) -> dict:
+def run_config(provenance: dict, *, overlays: int, dicom_out: bool) -> dict:
     """``run.json``: everything that changes the outputs (not workers, batch size, device, filters): the provenance
-    fields (:func:`medad.inference.provenance`) and the output options."""
+    fields (:func:`medad.inference.provenance`: model and runner settings) and the output options."""
     return {**provenance, "overlays": int(overlays), "dicom_out": bool(dicom_out)}
 
 
@@ -227,93 +223,3 @@ def check_run_config(out: Path, config: dict, overwrite: bool) -> None:
                 f"{out} holds results made with other settings (differences: {', '.join(diff)}). Use a new --out "
                 "folder, or pass --overwrite to rescore everything there with the new settings.")
     write_text_atomic(path, json.dumps(config, indent=1, sort_keys=True) + "\n")
-
-
-def _fmt_score(v: Optional[float]) -> str:
-    return "" if v is None else f"{v:.6f}"
-
-
-def results_row(outcome: Optional[SeriesOutcome], series: dict, dir_name: str, status: str = "",
-                error: str = "") -> dict:
-    """One ``results.csv`` row. ``series`` holds the index fields; ``outcome`` None for series not scored.
-
-    ``series_key`` is the SeriesInstanceUID (``#n`` for split series) for DICOM; for NIfTI/NRRD files, whose key is
-    a path that may name the patient (``/exports/DOE_JOHN/t1.nii.gz``), it is the anonymous folder name
-    ``dir_name`` (``manifest.jsonl`` and the series' ``record.json`` tie it to the file).
-    """
-    o = outcome
-    dicom = str(series.get("kind", "")).startswith("dicom")
-    return {
-        "series_key": series.get("key", "") if dicom else dir_name,
-        "study_uid": series.get("study_uid", ""),
-        "series_uid": series.get("series_uid", ""),
-        "series_number": "" if series.get("series_number") is None else series["series_number"],
-        "modality": series.get("modality", ""),
-        "body_part": series.get("body_part", ""),
-        "series_description": series.get("series_description", ""),
-        "n_files": series.get("n_files", ""),
-        "slices": o.n_slices if o and o.ok else (series.get("shape") or [None, None, ""])[-1],
-        "volume_score": _fmt_score(o.volume_score) if o and o.ok else "",
-        "top_slices": " ".join(map(str, o.top_slices)) if o and o.ok else "",
-        "top_slice_scores": " ".join(f"{s:.4f}" for s in o.top_slice_scores) if o and o.ok else "",
-        "status": o.status if o else status,
-        "error": (o.error if o else error).replace("\n", " "),
-        "output_dir": f"series/{dir_name}" if o else "",
-    }
-
-
-def write_results_csv(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    """Write ``results.csv`` atomically with :data:`RESULTS_COLUMNS`."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return write_text_atomic(path, buf.getvalue())
-
-
-def file_entries(index, outcomes: dict[str, SeriesOutcome], filtered: dict[str, str],
-                 dirs: dict[str, str]) -> list[dict]:
-    """One manifest entry per input file (in the index's walk order).
-
-    Statuses: ``scored`` (its series has an ok record), ``failed`` (its series failed, or the file is damaged:
-    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, its series was filtered out, or it is a
-    label map), and
-    ``pending`` (its series has no record: only when a run stopped early).
-
-    Args:
-        index: :class:`medad.io.SeriesIndex`.
-        outcomes: series key -> record.
-        filtered: series key -> why the series was filtered out (``--modality`` etc.).
-        dirs: series key -> output folder name.
-    """
-    out = []
-    for f in index.files:
-        e: dict[str, Any] = {"path": f.path}
-        if f.status != "series":
-            e.update(status="failed" if f.reason in FAILED_REASONS else "skipped", reason=f.reason, detail=f.detail,
-                     series_key=None)
-        elif f.series_key in filtered:
-            e.update(status="skipped", reason="filtered", detail=filtered[f.series_key], series_key=f.series_key)
-        else:
-            o = outcomes.get(f.series_key)
-            if o is None:
-                e.update(status="pending", reason="not_scored",
-                         detail="not scored yet (stopped run or --dry-run): run the same command to score it",
-                         series_key=f.series_key)
-            elif o.ok:
-                e.update(status="scored", reason="", detail="", series_key=f.series_key)
-            elif o.skipped:
-                code, _, detail = o.error.partition(": ")
-                e.update(status="skipped", reason=code, detail=detail, series_key=f.series_key)
-            else:
-                e.update(status="failed", reason=f"series_{o.stage or 'error'}", detail=o.error,
-                         series_key=f.series_key)
-            e["output_dir"] = f"series/{dirs[f.series_key]}"
-        out.append(e)
-    return out
-
-
-def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> Path:
-    """Write ``manifest.jsonl`` atomically (one JSON object per line, keys sorted)."""
-    return write_text_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))

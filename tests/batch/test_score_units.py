@@ -9,9 +9,9 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-import medad.engine._score_worker as sw
-from medad.engine.manifest import SeriesOutcome, series_dir_name
-from medad.engine.report import write_report
+from medad.batch import execute, load
+from medad.batch.records import SeriesOutcome, series_dir_name
+from medad.batch.report import write_report
 from medad.io import SeriesRecord
 
 
@@ -28,10 +28,10 @@ def test_series_loader_survives_a_decoder_crash(monkeypatch):
             os.kill(os.getpid(), signal.SIGSEGV)  # a decoder segfault in the worker process
         return MetaTensor(torch.rand(1, 4, 4, 3))
 
-    monkeypatch.setattr(sw, "load_series", fake_load)
+    monkeypatch.setattr(load, "load_series", fake_load)
     records = [_rec("a"), _rec("bad"), _rec("c"), _rec("d"), _rec("bad2"), _rec("f")]
     for workers in (1, 2):  # with 2 workers an innocent neighbour may be in flight when "bad" crashes
-        got = [(r.key, v is not None, err.split(":")[0]) for r, v, err, _ in sw.SeriesLoader(records, workers)]
+        got = [(r.key, v is not None, err.split(":")[0]) for r, v, err, _ in load.SeriesLoader(records, workers)]
         assert got == [("a", True, ""), ("bad", False, "WorkerCrash"), ("c", True, ""), ("d", True, ""),
                        ("bad2", False, "WorkerCrash"), ("f", True, "")]
 
@@ -40,21 +40,21 @@ def test_series_loader_in_process_reports_errors(monkeypatch):
     def fake_load(record):
         raise ValueError(f"cannot decode {record.key}\nsecond line")
 
-    monkeypatch.setattr(sw, "load_series", fake_load)
-    [(r, v, err, _)] = list(sw.SeriesLoader([_rec("a")], workers=0))
+    monkeypatch.setattr(load, "load_series", fake_load)
+    [(r, v, err, _)] = list(load.SeriesLoader([_rec("a")], workers=0))
     assert v is None and err == "ValueError: cannot decode a second line"
 
 
 def test_balanced_shards_cover_everything_once_and_balance_slices():
     records = [_rec(f"s{i}", n) for i, n in enumerate([100, 10, 10, 10, 60, 40, 5, 5])]
-    shards = sw.balanced_shards(records, 3)
+    shards = execute.balanced_shards(records, 3)
     keys = [r.key for sh in shards for r in sh]
     assert sorted(keys) == sorted(r.key for r in records) and len(keys) == len(set(keys))
     loads = [sum(r.shape[-1] for r in sh) for sh in shards]
     assert max(loads) - min(loads) <= 40 and max(loads) == 100
     for sh in shards:  # original order kept inside a shard
         assert [records.index(r) for r in sh] == sorted(records.index(r) for r in sh)
-    assert sw.balanced_shards(records, 3) == shards and sw.balanced_shards(records, 1) == [records]
+    assert execute.balanced_shards(records, 3) == shards and execute.balanced_shards(records, 1) == [records]
 
 
 def test_out_of_memory_halves_the_batch(monkeypatch):
@@ -68,20 +68,20 @@ def test_out_of_memory_halves_the_batch(monkeypatch):
             return "ok"
 
     r = Runner()
-    assert sw.run_with_backoff(r, None) == "ok" and r.batch_size == 8 and r.calls == 3
+    assert execute.run_with_backoff(r, None) == "ok" and r.batch_size == 8 and r.calls == 3
     r.batch_size = 1
     r.run = lambda v: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("still too big"))
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        sw.run_with_backoff(r, None)
+        execute.run_with_backoff(r, None)
 
 
 def test_label_map_detection():
     mask = MetaTensor(torch.zeros(1, 8, 8, 4))
     mask[0, 2:4, 2:4, 1] = 1
-    assert sw.label_map_reason(mask, "nifti").startswith("label_map: holds only the integer values {0, 1}")
-    assert sw.label_map_reason(mask, "dicom") == ""  # DICOM series are images
+    assert load.label_map_reason(mask, "nifti").startswith("label_map: holds only the integer values {0, 1}")
+    assert load.label_map_reason(mask, "dicom") == ""  # DICOM series are images
     img = MetaTensor(torch.arange(256.0).reshape(1, 8, 8, 4))
-    assert sw.label_map_reason(img, "nifti") == ""
+    assert load.label_map_reason(img, "nifti") == ""
 
 
 def test_series_dir_names_are_stable_unique_and_safe():
@@ -113,6 +113,6 @@ def test_shared_memory_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(64 << 20, 0, 64 << 20))  # Docker's default /dev/shm
     big = [_rec("a", 600)]
     big[0] = SeriesRecord(**{**big[0].__dict__, "shape": (512, 512, 600)})
-    assert "--shm-size" in sw.check_shared_memory(big, workers=2, path=str(tmp_path))
-    assert sw.check_shared_memory(big, workers=0, path=str(tmp_path)) == ""
-    assert sw.check_shared_memory([_rec("b", 4)], workers=2, path=str(tmp_path)) == ""
+    assert "--shm-size" in load.check_shared_memory(big, workers=2, path=str(tmp_path))
+    assert load.check_shared_memory(big, workers=0, path=str(tmp_path)) == ""
+    assert load.check_shared_memory([_rec("b", 4)], workers=2, path=str(tmp_path)) == ""

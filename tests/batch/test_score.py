@@ -1,4 +1,4 @@
-"""``medad.engine.score`` on a generated messy PACS export: accountability, statuses, outputs, resume, filters."""
+"""``medad.batch.score`` on a generated messy PACS export: accountability, statuses, outputs, resume, filters."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from score_export import N_FILES, N_SERIES, expected_for, make_messy_export
 
-from medad.engine.manifest import acquire_run_lock, release_run_lock
-from medad.engine.score import ScoreConfigError, score
+from medad.batch import ScoreConfigError, score
+from medad.batch.records import acquire_run_lock, release_run_lock
 
 
 @pytest.fixture(scope="module")

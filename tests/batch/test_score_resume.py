@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from score_export import make_messy_export
 
-from medad.engine.score import score
+from medad.batch import score
 
 MODEL_ARGS = ["--adapters", "none", "--backbone", "tiny", "--batch-size", "4", "--no-progress"]
 

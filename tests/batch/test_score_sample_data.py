@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medad.engine.score import score
+from medad.batch import score
 from medad.factory import DEMO_ADAPTERS
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"

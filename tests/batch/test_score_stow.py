@@ -11,8 +11,8 @@ import requests
 from orthanc import orthanc  # noqa: F401  (fixture)
 from score_export import make_messy_export
 
-from medad.engine._score_worker import StowGate
-from medad.engine.score import score
+from medad.batch import score
+from medad.batch.execute import StowGate
 
 
 @pytest.fixture(scope="module")

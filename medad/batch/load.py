@@ -1,0 +1,154 @@
+"""Step 3a of ``medad score``: decode series in worker processes, ahead of the model.
+
+:class:`SeriesLoader` yields ``(record, volume | None, error, seconds)`` in order, decoding in a ``DataLoader`` with
+``workers`` processes (one series per item); a decoding process that dies fails only the series it was decoding.
+A NIfTI/NRRD volume that holds only a handful of integer values is a label map, not an image: it comes back as
+``error="skip:label_map: ..."`` (:func:`label_map_reason`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..io import SeriesRecord, load_series
+
+__all__ = ["SeriesLoader", "check_shared_memory", "default_workers", "label_map_reason", "one_line"]
+
+log = logging.getLogger("medad.batch")
+
+
+def one_line(e: BaseException) -> str:
+    """``"<type>: <message>"`` on one line (at most 500 characters of message)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+
+
+def label_map_reason(volume, kind: str) -> str:
+    """``"label_map: ..."`` when a NIfTI/NRRD volume holds a handful of integer labels (a mask stored next to
+    the images, e.g. ``lesion_mask.nii.gz``), else ``""``. DICOM series are never treated as label maps."""
+    if kind not in ("nifti", "itk"):
+        return ""
+    flat = volume.as_tensor().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 200_000)]
+    if not bool(torch.all(sample == sample.round())) or torch.unique(sample).numel() > 8:
+        return ""
+    values = torch.unique(flat)
+    if values.numel() > 8 or not bool(torch.all(values == values.round())):
+        return ""
+    shown = ", ".join(f"{v:g}" for v in values.tolist())
+    return f"label_map: holds only the integer values {{{shown}}}: a label/mask volume, not an image to score"
+
+
+class _SeriesDataset(Dataset):
+    """Item ``i`` -> ``(i, MetaTensor or None, error or "", seconds)``; never raises (errors are returned).
+
+    A label map (:func:`label_map_reason`) comes back as ``(i, None, "skip:<reason>", seconds)``.
+    """
+
+    def __init__(self, records: Sequence[SeriesRecord], order: Sequence[int]):
+        self.records, self.order = records, list(order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j: int):
+        i = self.order[j]
+        t = time.perf_counter()
+        try:
+            vol = load_series(self.records[i])
+            skip = label_map_reason(vol, self.records[i].kind)
+            if skip:
+                return i, None, "skip:" + skip, time.perf_counter() - t
+            return i, vol, "", time.perf_counter() - t
+        except Exception as e:  # noqa: BLE001 - reported per series
+            return i, None, one_line(e), time.perf_counter() - t
+
+
+def _identity(x):
+    return x
+
+
+class SeriesLoader:
+    """Iterate ``(record, volume | None, error, load_seconds)`` over ``records`` in order, decoding ahead in
+    ``workers`` processes (a ``DataLoader``, one series per item, ``prefetch_factor=1`` so at most ``workers``
+    decoded volumes wait in memory). ``workers=0`` decodes in the calling process.
+
+    A decoding process that dies (a decoder segfault, the OOM killer) does not stop the batch: the series the loader
+    was waiting for is decoded again alone in a fresh process (failed with ``WorkerCrash`` if that dies too, so an
+    innocent series decoded next to the culprit is not blamed), then the loader restarts on the remaining series.
+    """
+
+    def __init__(self, records: Sequence[SeriesRecord], workers: int = 2):
+        self.records = list(records)
+        self.workers = max(0, int(workers))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _loader(self, order: Sequence[int], workers: int) -> DataLoader:
+        return DataLoader(_SeriesDataset(self.records, order), batch_size=None, shuffle=False,
+                          num_workers=min(workers, len(order)), collate_fn=_identity, prefetch_factor=1,
+                          persistent_workers=False)
+
+    def _alone(self, i: int) -> tuple[SeriesRecord, Any, str, float]:
+        try:
+            _, vol, err, sec = next(iter(self._loader([i], 1)))
+            return self.records[i], vol, err, sec
+        except RuntimeError as e:
+            if "DataLoader worker" not in str(e):
+                raise
+            return (self.records[i], None, "WorkerCrash: the decoding process died on this series "
+                    f"({' '.join(str(e).split())[:200]}). If many series fail like this, /dev/shm may be too small "
+                    "for the volumes (Docker: --shm-size 4g) or memory is short: try --workers 0.", 0.0)
+
+    def __iter__(self) -> Iterator[tuple[SeriesRecord, Any, str, float]]:
+        remaining = list(range(len(self.records)))
+        if self.workers == 0:
+            ds = _SeriesDataset(self.records, remaining)
+            for j in range(len(ds)):
+                i, vol, err, sec = ds[j]
+                yield self.records[i], vol, err, sec
+            return
+        while remaining:
+            got = 0
+            it = iter(self._loader(remaining, self.workers))
+            try:
+                for i, vol, err, sec in it:
+                    got += 1
+                    yield self.records[i], vol, err, sec
+                remaining = []
+            except RuntimeError as e:
+                if "DataLoader worker" not in str(e):
+                    raise
+                del it
+                remaining = remaining[got:]
+                log.warning("a decoding process died (%s); retrying series %s alone, then %d more",
+                            " ".join(str(e).split())[:200], self.records[remaining[0]].key, len(remaining) - 1)
+                yield self._alone(remaining.pop(0))
+
+
+def check_shared_memory(records: Sequence[SeriesRecord], workers: int, path: str = "/dev/shm") -> str:
+    """A warning when decoded volumes may not fit in shared memory (worker processes hand volumes over through
+    ``/dev/shm``; Docker's default is 64 MB), else ``""``."""
+    if workers <= 0 or not records or not os.path.isdir(path):
+        return ""
+    largest = max(int(np.prod(r.shape)) * 4 if r.shape else 0 for r in records)
+    free = shutil.disk_usage(path).free
+    if largest and free < 2 * (workers + 1) * largest:
+        return (f"{path} has {free / 2**20:.0f} MB free but decoded volumes take up to {largest / 2**20:.0f} MB each "
+                f"and {workers} decoding workers keep some in flight: decoding may crash (Docker: --shm-size 4g) "
+                "or use --workers 0")
+    return ""
+
+
+def default_workers() -> int:
+    """Decoding processes: half the CPUs (the rest feed the model), at least 1, at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))

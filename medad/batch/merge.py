@@ -1,0 +1,188 @@
+"""Step 5 of ``medad score``: the run's tables, regenerated from the index and the series records.
+
+:func:`merge` reads every series' ``record.json`` and writes ``results.csv`` (one row per series found, the columns of
+:data:`medad.inference.RESULTS_COLUMNS`) and ``manifest.jsonl`` (one line per input file, with its status and reason),
+and returns the run's :class:`ScoreSummary` (written as ``summary.json`` by :func:`write_summary`). Since everything
+is regenerated, a resumed run gives the same tables as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..inference import results_row, write_results_csv
+from ..io._atomic import write_text_atomic
+from . import records
+from .plan import Plan
+
+__all__ = ["FAILED_REASONS", "ScoreSummary", "file_entries", "merge", "write_manifest", "write_summary"]
+
+#: Index skip reasons (see :mod:`medad.io.dicom_index`) that mean damaged data rather than "not a volume to score":
+#: such files are reported ``failed`` (and make the exit code non-zero), the others ``skipped``.
+FAILED_REASONS = frozenset({"truncated", "unreadable"})
+
+_PENDING = "not scored yet (stopped run or --dry-run): run the same command to score it"
+
+
+@dataclass
+class ScoreSummary:
+    """Outcome of :func:`medad.batch.score` (the same on every rank).
+
+    Attributes:
+        out_dir: the output folder.
+        n_files: input files indexed; ``files_by_status``: count per manifest status (scored/skipped/failed/pending).
+        n_series: series found; ``n_selected``: after filters; ``n_filtered``: removed by filters.
+        n_scored: series with an ok record (``n_reused`` of them from an earlier run); ``n_failed``: failed series;
+            ``n_skipped``: series loaded but not scored (label maps).
+        n_files_failed: damaged input files (truncated/unreadable) outside any series.
+        skip_reasons: files not scored (skipped or failed), per reason code.
+        failures: ``(series key, error)`` of failed series.
+        results_csv, manifest, report: written paths. elapsed_s: wall time of this call.
+    """
+
+    out_dir: Path
+    n_files: int = 0
+    n_series: int = 0
+    n_selected: int = 0
+    n_filtered: int = 0
+    n_scored: int = 0
+    n_reused: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    n_files_failed: int = 0
+    n_slices: int = 0
+    files_by_status: dict[str, int] = field(default_factory=dict)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    results_csv: Optional[Path] = None
+    manifest: Optional[Path] = None
+    report: Optional[Path] = None
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every selected series was scored and no input file was damaged, else 1."""
+        done = self.n_scored + self.n_skipped == self.n_selected
+        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and done else 1
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+    def text(self) -> str:
+        """Human summary, several lines."""
+        lines = [f"{self.n_files} files, {self.n_series} series ({self.n_filtered} filtered out): "
+                 f"{self.n_scored} scored ({self.n_reused} from an earlier run), {self.n_failed} failed, "
+                 f"{self.n_skipped} skipped (label maps); "
+                 f"{self.n_files_failed} damaged files",
+                 "files: " + ", ".join(f"{k} {v}" for k, v in sorted(self.files_by_status.items()))]
+        if self.skip_reasons:
+            lines.append("files not scored, by reason: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(self.skip_reasons.items())))
+        lines += [f"FAILED {k}: {e}" for k, e in self.failures[:20]]
+        if len(self.failures) > 20:
+            lines.append(f"... and {len(self.failures) - 20} more failed series (see results.csv)")
+        lines.append(f"results: {self.results_csv}  manifest: {self.manifest}  report: {self.report}")
+        return "\n".join(lines)
+
+
+def file_entries(index, outcomes: dict[str, records.SeriesOutcome], filtered: dict[str, str],
+                 dirs: dict[str, str]) -> list[dict]:
+    """One manifest entry per input file (in the index's walk order).
+
+    Statuses: ``scored`` (its series has an ok record), ``failed`` (its series failed, or the file is damaged:
+    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, its series was filtered out, or it is a
+    label map), and ``pending`` (its series has no record: only when a run stopped early).
+
+    Args:
+        index: :class:`medad.io.SeriesIndex`.
+        outcomes: series key -> record.
+        filtered: series key -> why the series was filtered out (``--modality`` etc.).
+        dirs: series key -> output folder name.
+    """
+    out = []
+    for f in index.files:
+        e: dict[str, Any] = {"path": f.path}
+        if f.status != "series":
+            e.update(status="failed" if f.reason in FAILED_REASONS else "skipped", reason=f.reason, detail=f.detail,
+                     series_key=None)
+        elif f.series_key in filtered:
+            e.update(status="skipped", reason="filtered", detail=filtered[f.series_key], series_key=f.series_key)
+        else:
+            o = outcomes.get(f.series_key)
+            if o is None:
+                e.update(status="pending", reason="not_scored", detail=_PENDING, series_key=f.series_key)
+            elif o.ok:
+                e.update(status="scored", reason="", detail="", series_key=f.series_key)
+            elif o.skipped:
+                code, _, detail = o.error.partition(": ")
+                e.update(status="skipped", reason=code, detail=detail, series_key=f.series_key)
+            else:
+                e.update(status="failed", reason=f"series_{o.stage or 'error'}", detail=o.error,
+                         series_key=f.series_key)
+            e["output_dir"] = f"series/{dirs[f.series_key]}"
+        out.append(e)
+    return out
+
+
+def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> Path:
+    """Write ``manifest.jsonl`` atomically (one JSON object per line, keys sorted)."""
+    return write_text_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[records.SeriesOutcome]]:
+    """Write ``results.csv`` and ``manifest.jsonl`` from the index and the records.
+
+    Returns:
+        ``(summary, outcomes)``: the :class:`ScoreSummary` (``report`` not set yet) and the records of the selected
+        series (for the report), in index order.
+    """
+    outcomes: dict[str, records.SeriesOutcome] = {}
+    rows = []
+    for s in plan.index.series:
+        fields = s.to_dict()
+        fields.pop("files", None)
+        d = plan.dirs[s.key]
+        if s.key in plan.filtered:
+            rows.append(results_row(fields, "filtered", error=plan.filtered[s.key], anonymous_key=d))
+            continue
+        rec = records.read_record(out / "series" / d)
+        if rec is not None and rec.fingerprint != plan.fingerprints[s.key]:
+            rec = None
+        if rec is None:
+            rows.append(results_row(fields, "pending", error=_PENDING, anonymous_key=d))
+            continue
+        outcomes[s.key] = rec
+        rows.append(results_row(fields, rec.status, scores=rec.scores(), error=rec.error, anonymous_key=d,
+                                output_dir=f"series/{d}"))
+    results = write_results_csv(out / "results.csv", rows)
+    entries = file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
+    manifest = write_manifest(out / "manifest.jsonl", entries)
+    by_status: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    for e in entries:
+        by_status[e["status"]] = by_status.get(e["status"], 0) + 1
+        if e["status"] != "scored" and e.get("reason"):
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    ok = [o for o in outcomes.values() if o.ok]
+    failed = [o for o in outcomes.values() if not o.ok and not o.skipped]
+    summary = ScoreSummary(
+        out_dir=out, n_files=len(entries), n_series=len(plan.index.series), n_selected=len(plan.selected),
+        n_filtered=len(plan.filtered), n_scored=len(ok), n_reused=len(plan.selected) - n_todo, n_failed=len(failed),
+        n_skipped=sum(1 for o in outcomes.values() if o.skipped),
+        n_files_failed=sum(1 for f in plan.index.files if f.status != "series" and f.reason in FAILED_REASONS),
+        n_slices=sum(o.n_slices for o in ok), files_by_status=by_status, skip_reasons=reasons,
+        failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed], results_csv=results, manifest=manifest)
+    return summary, [outcomes[s.key] for s in plan.selected if s.key in outcomes]
+
+
+def write_summary(summary: ScoreSummary) -> Path:
+    """Write ``summary.json`` into the summary's output folder (atomically)."""
+    return write_text_atomic(summary.out_dir / "summary.json",
+                             json.dumps(summary.to_dict(), indent=1, sort_keys=True) + "\n")
