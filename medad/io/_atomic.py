@@ -14,14 +14,10 @@ from pathlib import Path
 
 __all__ = ["atomic_path", "write_text_atomic"]
 
-_DOUBLE_SUFFIXES = (".nii.gz", ".tar.gz")
-
-
 def _suffix(name: str) -> str:
-    for s in _DOUBLE_SUFFIXES:
-        if name.lower().endswith(s):
-            return name[-len(s):]
-    return Path(name).suffix
+    """The name's last two suffixes (``.nii.gz``, ``.tar.gz``, ``.json``): writers that pick the format from the file
+    name see the same ending in the temporary name."""
+    return "".join(Path(name).suffixes[-2:])
 
 
 @contextlib.contextmanager
