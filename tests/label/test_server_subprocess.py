@@ -1,9 +1,12 @@
-"""``medad label`` as a real server process: binds 127.0.0.1 on a free port, answers /info and /infer, stops by PID."""
+"""``medad label`` as a real server process: binds 127.0.0.1 on a free port, answers /info and /infer, and stops
+cleanly on SIGTERM (``kill PID``, ``docker stop``, systemd): uvicorn finishes its graceful shutdown, then re-raises the
+signal, so the exit status is -SIGTERM (not -SIGKILL: no forced kill was needed) and the port is released."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +27,7 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
     env["MONAI_LABEL_SESSION_PATH"] = str(tmp_path / "sessions")
     cmd = [sys.executable, "-m", "medad", "label", "--studies", str(studies_dir), "--app", str(app_dir),
            "--port", str(port), "--backbone", "tiny", "--device", "cpu", "--thresholds", "0.3,0.5,0.7",
-           "--shots", "2", "--log-level", "warning"]
+           "--shots", "2", "--log-level", "info"]
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -68,11 +71,24 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
         assert task["status"] == "DONE", task.get("details")
         bank = requests.get(f"{url}/info/", timeout=30).json()["models"]["anomaly"]["medad"]
         assert bank["site_checkpoint"] is True and bank["memory_bank_tokens"] == 2 * 17 * 17  # shots 2 (TEST_CONF)
+
+        # the server still answers after the reviewer loop, then stops on SIGTERM by itself
+        assert requests.get(f"{url}/info/", timeout=30).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("medad label did not exit within 60 s of SIGTERM")
     finally:
         stop_pid(proc, timeout=20)
         log.close()
         print((tmp_path / "server.log").read_text(errors="replace")[-4000:])  # shown by pytest on failure
-    assert proc.returncode is not None
+    assert code == -signal.SIGTERM, f"exit status {code} after SIGTERM (expected -{int(signal.SIGTERM)})"
+    server_log = (tmp_path / "server.log").read_text(errors="replace")
+    shutdown = server_log[server_log.rfind("Shutting down"):] if "Shutting down" in server_log else ""
+    assert "Application shutdown complete" in shutdown and f"Finished server process [{proc.pid}]" in shutdown, \
+        "no graceful uvicorn shutdown in the server log"
+    assert "Traceback" not in shutdown, shutdown[-3000:]
     deadline = time.monotonic() + 10
     while True:  # the port is released
         with socket.socket() as s:
