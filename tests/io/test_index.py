@@ -17,23 +17,25 @@ SHAPE_Z = 10
 from medad.io import SeriesLoadError, find_series, load_series, load_volume, write_segmentation
 
 
-def _sr(path):
+def _part10(sop_class) -> Dataset:
+    """An empty Part-10 data set of ``sop_class`` (file meta filled in)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _sr(path):
+    ds = _part10(BasicTextSRStorage)
     ds.SOPClassUID, ds.SOPInstanceUID = BasicTextSRStorage, ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", generate_uid(), generate_uid()
     ds.save_as(path, enforce_file_format=True)
 
 
 def _dicomdir(path):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = _part10(MediaStorageDirectoryStorage)
     ds.FileSetID = "PHANTOM"
     ds.DirectoryRecordSequence = []
     ds.save_as(path, enforce_file_format=True)
