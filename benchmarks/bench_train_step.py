@@ -6,7 +6,7 @@ forward from pixels through all blocks with materialized attention weights (``ne
 output including the dead last-level ``fc2``, the pooled projection computed and unused, the losses of the spec
 (focal + dice on the seg maps, BCE-with-logits on the det probability, as the reference), Adam step on the adapters.
 
-medad step (``medad.engine.train``): hidden states after the first adapter level's block cached once (their cost is
+medad step (``medad.training``): hidden states after the first adapter level's block cached once (their cost is
 reported separately and amortized over the epochs), backbone frozen (no weight gradients), batch ``--batch``, same
 losses (correct BCE), Adam step on the adapters. Both paths use the same random ViT-L-14-336 weights and the same
 images and run interleaved in one process, so machine load affects both alike.
@@ -23,8 +23,8 @@ import torch
 
 import medad
 from common import command_line, machine, peak_rss_mib, reference_style_tokens, update_section
-from medad.engine.losses import MVFALoss
-from medad.engine.train import features_from_tensors
+from medad.training.features import features_from_tensors
+from medad.training.losses import MVFALoss
 
 
 def reference_style_step(det, image, mask, label, opt, loss_fn):

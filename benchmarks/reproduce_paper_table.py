@@ -28,10 +28,11 @@ import time
 
 import torch
 
+import medad.training as training
 from common import command_line, machine, update_section
-from medad.engine.datasets import discover_datasets
-from medad.engine.evaluate import evaluate
-from medad.engine.train import PROTOCOL_LABELS, TrainConfig, train_few_shot, train_zero_shot
+from medad.datasets import discover_datasets
+from medad.evaluation import evaluate
+from medad.training.protocols import PROTOCOL_LABELS, PROTOCOL_NORMALIZATION
 
 #: MVFA paper (CVPR 2024) AUROC %, (image, pixel) per dataset; pixel None for classification-only datasets.
 PUBLISHED = {
@@ -72,38 +73,39 @@ def main() -> None:
     backbone = "ViT-L-14-336" if args.weights else args.backbone
     datasets = discover_datasets(args.data)
     settings = args.settings.split(",")
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                         num_workers=args.workers)
-    normalization = "transductive" if args.protocol == "paper" else "fitted"
+    modes = {"zero-shot": "zero-shot", "k-shot": "few-shot", "k-normal-shot": "normal-only"}
+    unknown = [s for s in settings if s not in modes]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; choose among {list(modes)}")
+    config = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                  num_workers=args.workers)
+    normalization = PROTOCOL_NORMALIZATION[args.protocol]
     rows, t_start = [], time.time()
     for ds in datasets:
         paper_name = ALIASES.get(ds.name, ds.name)
         for setting in settings:
             t0 = time.time()
             note = ""
-            if setting == "zero-shot":
-                if len(datasets) > 1:
-                    det = train_zero_shot(datasets, ds.name, backbone=backbone, weights=args.weights, config=config,
-                                          protocol=args.protocol).detector
-                else:
-                    import medad
+            mode = modes[setting]
+            if mode == "zero-shot" and len(datasets) == 1:
+                import medad
 
-                    det = medad.load_detector(backbone=backbone, weights=args.weights, object_name=ds.object_name,
-                                              device=args.device)
-                    note = "untrained adapters (no other dataset to train on)"
-                published = PUBLISHED["zero-shot"].get(paper_name)
-                label = "zero-shot"
-            elif setting in ("k-shot", "k-normal-shot"):
-                normal_only = setting == "k-normal-shot"
-                det = train_few_shot(ds, args.k, backbone=backbone, weights=args.weights, config=config,
-                                     protocol=args.protocol, normal_only=normal_only,
-                                     support_seed=args.support_seed).detector
-                published = PUBLISHED["4-shot"].get(paper_name) if (args.k == 4 and not normal_only) else None
-                label = f"{args.k}-normal-shot (bank only)" if normal_only else f"{args.k}-shot"
+                det = medad.load_detector(backbone=backbone, weights=args.weights, object_name=ds.object_name,
+                                          device=args.device)
+                m = evaluate(det, ds, "test", normalization=normalization, batch_size=args.batch_size,
+                             num_workers=args.workers, progress=False)
+                note = "untrained adapters (no other dataset to train on)"
             else:
-                raise SystemExit(f"unknown setting {setting!r}")
-            m = evaluate(det, ds, "test", normalization=normalization, batch_size=args.batch_size,
-                         num_workers=args.workers, progress=False)
+                m = training.train(datasets, mode, target=ds.name, k=args.k, backbone=backbone, weights=args.weights,
+                                   config=config, protocol=args.protocol, support_seed=args.support_seed,
+                                   evaluate=True).metrics
+            if mode == "zero-shot":
+                published, label = PUBLISHED["zero-shot"].get(paper_name), "zero-shot"
+            elif mode == "few-shot":
+                published = PUBLISHED["4-shot"].get(paper_name) if args.k == 4 else None
+                label = f"{args.k}-shot"
+            else:
+                published, label = None, f"{args.k}-normal-shot (bank only)"
             m.update(setting=label, note=note, published=published, minutes=(time.time() - t0) / 60)
             rows.append(m)
             print(f"{ds.name} {label}: image AUROC {pct(m['image_auroc'])}, pixel AUROC {pct(m.get('pixel_auroc'))}"

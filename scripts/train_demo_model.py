@@ -34,8 +34,9 @@ from monai.data import MetaTensor
 import medad
 from medad.checkpoints import save_checkpoint
 from medad.synthetic.phantoms import make_ct_phantom, make_mr_phantom
-from medad.engine.metrics import PixelMetrics, auroc
-from medad.engine.train import Selector, TrainConfig, features_from_tensors, fit_adapters, reset_adapters
+from medad.evaluation.metrics import PixelMetrics, auroc
+from medad.training.features import features_from_tensors
+from medad.training.fit import Selector, TrainConfig, fit_adapters, reset_adapters
 from medad.inference import VolumeRunner
 
 REPO = Path(__file__).resolve().parents[1]

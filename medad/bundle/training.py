@@ -1,10 +1,10 @@
-"""Training/evaluation wiring for the bundle: ``trainer`` and ``evaluator`` objects over :mod:`medad.engine`, and a
-small synthetic MVFA-layout dataset for trying the configs.
+"""Training/evaluation wiring for the bundle: ``trainer`` and ``evaluator`` objects over :func:`medad.training.train`
+and :func:`medad.evaluation.evaluate`, and a small synthetic MVFA-layout dataset for trying the configs.
 
-MVFA training is not an ignite loop: :mod:`medad.engine.train` caches the frozen backbone's features once and trains
-only the adapters on them (zero-shot leave-one-dataset-out, few-shot with 11 augmentations and a memory bank,
-normal-only few-shot). :class:`MVFATrainer` / :class:`MVFAEvaluator` give those functions the ``.run()`` interface of
-a bundle's ``trainer``/``evaluator``; they make the same calls as ``medad train`` / ``medad evaluate``.
+MVFA training is not an ignite loop: :mod:`medad.training` caches the frozen backbone's features once and trains only
+the adapters on them (zero-shot leave-one-dataset-out, few-shot with 11 augmentations and a memory bank, normal-only
+few-shot). :class:`MVFATrainer` / :class:`MVFAEvaluator` give those functions the ``.run()`` interface of a bundle's
+``trainer``/``evaluator``; they make the same calls as ``medad train`` / ``medad evaluate``.
 """
 
 from __future__ import annotations
@@ -21,40 +21,22 @@ import torch.nn.functional as F
 
 from ..io._atomic import atomic_path
 
-__all__ = ["MVFATrainer", "MVFAEvaluator", "make_demo_dataset", "TRAIN_MODES"]
+__all__ = ["MVFATrainer", "MVFAEvaluator", "make_demo_dataset"]
 
 log = logging.getLogger(__name__)
 
-TRAIN_MODES = ("few-shot", "zero-shot", "normal-only")
-
-
-def _write_json(path: str | os.PathLike, obj: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=str))
-    return Path(path)
-
-
-def _pick_target(datasets, target: Optional[str]):
-    names = [d.name for d in datasets]
-    target = target or (names[0] if len(names) == 1 else None)
-    if target is None or target not in names:
-        raise ValueError(f"choose the target dataset with --target among {names} (dataset_dir holds several)")
-    return target, next(d for d in datasets if d.name == target)
-
 
 class MVFATrainer:
-    """The bundle's ``trainer``: ``run()`` trains MVFA adapters with :mod:`medad.engine.train` and writes
+    """The bundle's ``trainer``: ``run()`` is :func:`medad.training.train` with the config's arguments; it writes
     ``model_path`` (a medad adapter checkpoint: adapters, normalizers, memory bank, provenance).
 
     Args:
-        datasets: :class:`~medad.engine.datasets.ADDataset` list (``discover_datasets(dataset_dir)``).
-        mode: ``"few-shot"`` (k normal + k abnormal support images, fresh adapters, memory bank), ``"zero-shot"``
-            (leave-one-dataset-out: train on every dataset but ``target``), ``"normal-only"`` (k normal images,
-            memory bank only; adapters from ``adapters``, e.g. zero-shot ones).
+        datasets: :class:`~medad.datasets.ADDataset` list (``discover_datasets(dataset_dir)``).
+        mode: ``"few-shot"``, ``"zero-shot"`` or ``"normal-only"`` (:data:`medad.training.MODES`).
         k: support images per class (few-shot modes). target: dataset name (default: the only one).
         backbone, weights: as :func:`medad.load_detector` (None = ViT-L-14-336 with the cached/imported weights).
-        adapters: starting adapters for ``normal-only`` (ignored otherwise: the protocols start from fresh ones).
-        config: :class:`~medad.engine.train.TrainConfig` (epochs, lr, batch size, seed, device...).
+        adapters: starting adapters, ``normal-only`` only (an error with the other modes, which train fresh ones).
+        config: :class:`~medad.training.TrainConfig` (epochs, lr, batch size, seed, device...).
         protocol: ``"clean"`` (model selection on validation data) or ``"paper"`` (on the test split, labelled so).
         support_seed: seed of the k-shot draw. model_path: checkpoint to write (rank 0).
         history_path: per-epoch history + provenance as JSON (rank 0), or None.
@@ -65,8 +47,6 @@ class MVFATrainer:
                  config: Any = None, protocol: str = "clean", support_seed: int = 0,
                  model_path: str | os.PathLike = "models/model.pt",
                  history_path: Optional[str | os.PathLike] = None) -> None:
-        if mode not in TRAIN_MODES:
-            raise ValueError(f"mode must be one of {list(TRAIN_MODES)}, not {mode!r}")
         self.datasets = list(datasets)
         self.mode, self.k, self.target = mode, int(k), target
         self.backbone, self.weights, self.adapters = backbone, weights, adapters
@@ -76,38 +56,18 @@ class MVFATrainer:
         self.result = None
 
     def run(self):
-        """Train; returns the :class:`~medad.engine.train.TrainResult` (also kept as ``self.result``)."""
-        import medad
-        from ..engine.distributed import world_info
-        from ..engine.train import PROTOCOL_LABELS, TrainConfig, train_few_shot, train_zero_shot
+        """Train; returns the :class:`~medad.training.TrainResult` (also kept as ``self.result``)."""
+        from .. import training
 
-        config = self.config or TrainConfig()
-        target, ds = _pick_target(self.datasets, self.target)
-        backbone = self.backbone or "ViT-L-14-336"
-        log.info("%s training for %s on %s (%s)", self.mode, target, [d.name for d in self.datasets],
-                 PROTOCOL_LABELS[self.protocol])
-        if self.mode == "zero-shot":
-            result = train_zero_shot(self.datasets, target, backbone=backbone, weights=self.weights, config=config,
-                                     protocol=self.protocol, out=self.model_path)
-        else:
-            det = None
-            if self.mode == "normal-only" and self.adapters:
-                det = medad.load_detector(backbone=self.backbone, weights=self.weights, adapters=self.adapters,
-                                          object_name=ds.object_name, device=config.device)
-            result = train_few_shot(ds, self.k, backbone=backbone, weights=self.weights, config=config,
-                                    protocol=self.protocol, normal_only=self.mode == "normal-only",
-                                    support_seed=self.support_seed, out=self.model_path, detector=det)
-        if world_info().main:
-            log.info("saved %s (best epoch %s, %s)", self.model_path, result.best_epoch,
-                     PROTOCOL_LABELS[self.protocol])
-            if self.history_path is not None:
-                _write_json(self.history_path, {"provenance": result.provenance, "history": result.history})
-        self.result = result
-        return result
+        self.result = training.train(self.datasets, self.mode, target=self.target, k=self.k, backbone=self.backbone,
+                                     weights=self.weights, adapters=self.adapters, config=self.config,
+                                     protocol=self.protocol, support_seed=self.support_seed, out=self.model_path,
+                                     history_path=self.history_path)
+        return self.result
 
 
 class MVFAEvaluator:
-    """The bundle's ``evaluator`` for ``evaluate.json``: :func:`medad.engine.evaluate.evaluate` of the model in
+    """The bundle's ``evaluator`` for ``evaluate.json``: :func:`medad.evaluation.evaluate` of the model in
     ``adapters`` on ``target``'s ``split``; ``run()`` returns the metrics and writes them to ``metrics_path``.
 
     Args:
@@ -130,12 +90,13 @@ class MVFAEvaluator:
 
     def run(self) -> dict:
         import medad
-        from ..engine.evaluate import evaluate
+        from ..evaluation import evaluate
+        from ..training import pick_target
 
         if not Path(str(self.adapters)).is_file() and str(self.adapters) != "demo":
             raise FileNotFoundError(f"no model to evaluate at {self.adapters}: run configs/train.json first or "
                                     "pass --model_path /path/to/adapters.pt")
-        target, ds = _pick_target(self.datasets, self.target)
+        ds = pick_target(self.datasets, self.target)
         det = medad.load_detector(backbone=self.backbone, weights=self.weights, adapters=self.adapters,
                                   object_name=ds.object_name, device=self.device)
         m = evaluate(det, ds, self.split, normalization=self.normalization, batch_size=self.batch_size,
@@ -143,10 +104,11 @@ class MVFAEvaluator:
         m["model"] = str(self.adapters)
         m["protocol"] = det.metadata.get("protocol_label", "")
         if self.metrics_path is not None:
-            _write_json(self.metrics_path, m)
-        log.info("%s/%s: %s", target, self.split, ", ".join(f"{k} {v:.4f}" for k, v in m.items()
-                                                           if k.endswith(("auroc", "ap", "f1_max", "aupro"))
-                                                           and isinstance(v, float)))
+            with atomic_path(self.metrics_path) as tmp:
+                tmp.write_text(json.dumps(m, indent=1, default=str))
+        log.info("%s/%s: %s", ds.name, self.split, ", ".join(f"{k} {v:.4f}" for k, v in m.items()
+                                                              if k.endswith(("auroc", "ap", "f1_max", "aupro"))
+                                                              and isinstance(v, float)))
         self.metrics = m
         return m
 
@@ -154,7 +116,7 @@ class MVFAEvaluator:
 # ---------------------------------------------------------------------------------------------------- demo data
 def _slices_240(vol: torch.Tensor, affine: np.ndarray, ranges, view: str, size: int, mode: str) -> torch.Tensor:
     """Axial RAS slices of ``vol [X, Y, Z]`` scaled by ``ranges`` (None: as is), in ``view`` layout, padded to a
-    square and resized to ``size`` like :class:`~medad.inference.VolumeRunner` does -> ``[Z, size, size]``."""
+    square and resized to ``size`` like :class:`~medad.inference.runner.VolumeRunner` does -> ``[Z, size, size]``."""
     from ..transforms import VIEWS, RASSlicer, apply_ranges, square_pad_width
 
     slicer = RASSlicer(tuple(vol.shape), affine, "axial", "RAS")

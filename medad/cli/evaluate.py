@@ -44,9 +44,9 @@ def _pct(v) -> str:
 def run(args: argparse.Namespace) -> int:
     import medad
     from medad.checkpoints import CheckpointError
-    from medad.engine.datasets import DatasetLayoutError
+    from medad.datasets import DatasetLayoutError
+    from medad.evaluation import evaluate
     from medad.weights import WeightsError
-    from medad.engine.evaluate import evaluate
 
     try:
         datasets = load_datasets(args)

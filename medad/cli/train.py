@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-
-log = logging.getLogger("medad.train")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -41,7 +38,7 @@ def resolve_device(name: str) -> str:
 
 
 def load_datasets(args: argparse.Namespace):
-    from medad.engine.datasets import discover_datasets
+    from medad.datasets import discover_datasets
 
     found = []
     for d in args.data:
@@ -72,7 +69,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--det-loss", choices=["bce", "reference"], default="bce",
                    help="detection loss: correct BCE on the probability (default) or the reference's "
                         "BCE-with-logits on the probability")
-    p.add_argument("--adapters", default=None, help="normal-only mode: start from these adapters (e.g. zero-shot)")
+    p.add_argument("--adapters", default=None,
+                   help="normal-only mode only: build the memory bank on these adapters (e.g. zero-shot ones); "
+                        "few-shot and zero-shot train fresh adapters")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--out", required=True, help="checkpoint to write (adapters, normalizers, bank, provenance)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the target's test split afterwards")
@@ -81,54 +80,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import medad
-    from medad.engine import distributed
+    from medad import training
     from medad.checkpoints import CheckpointError
-    from medad.engine.datasets import DatasetLayoutError
+    from medad.datasets import DatasetLayoutError
+    from medad.training import distributed
     from medad.weights import WeightsError
-    from medad.engine.train import PROTOCOL_LABELS, TrainConfig, train_few_shot, train_zero_shot
 
     info = distributed.init_distributed(resolve_device(args.device))
     try:
         datasets = load_datasets(args)
-        names = [d.name for d in datasets]
-        target = args.target or (names[0] if len(names) == 1 else None)
-        if target is None or target not in names:
-            print(f"error: choose --target among {names}", file=sys.stderr)
+        try:
+            training.pick_target(datasets, args.target)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                             device=str(info.device), amp=not args.no_amp, det_loss=args.det_loss,
-                             num_workers=args.workers, progress=not args.no_progress)
-        backbone = args.backbone or "ViT-L-14-336"
-        if info.main:
-            log.info("%s training for %s on %s, %s", args.mode, target, names, PROTOCOL_LABELS[args.protocol])
-        if args.mode == "zero-shot":
-            result = train_zero_shot(datasets, target, backbone=backbone, weights=args.weights, config=config,
-                                     protocol=args.protocol, out=args.out)
-        else:
-            ds = next(d for d in datasets if d.name == target)
-            det = None
-            if args.adapters:
-                det = medad.load_detector(backbone=args.backbone, weights=args.weights, adapters=args.adapters,
-                                          object_name=ds.object_name, device=config.device)
-            result = train_few_shot(ds, args.k, backbone=backbone, weights=args.weights, config=config,
-                                    protocol=args.protocol, normal_only=args.mode == "normal-only",
-                                    support_seed=args.support_seed, out=args.out, detector=det)
+        config = training.TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                      device=str(info.device), amp=not args.no_amp, det_loss=args.det_loss,
+                                      num_workers=args.workers, progress=not args.no_progress)
+        result = training.train(datasets, args.mode, target=args.target, k=args.k, backbone=args.backbone,
+                                weights=args.weights, adapters=args.adapters, config=config, protocol=args.protocol,
+                                support_seed=args.support_seed, out=args.out, history_path=args.history,
+                                evaluate=args.evaluate)
         if not info.main:
             return 0
-        print(f"saved {result.checkpoint} ({PROTOCOL_LABELS[args.protocol]}; best epoch {result.best_epoch})")
-        if args.history:
-            with open(args.history, "w") as f:
-                json.dump({"provenance": result.provenance, "history": result.history}, f, indent=1)
-        if args.evaluate:
-            from medad.engine.evaluate import evaluate
-
-            ds = next(d for d in datasets if d.name == target)
-            m = evaluate(result.detector, ds, "test", batch_size=args.batch_size, num_workers=args.workers,
-                         progress=not args.no_progress,
-                         normalization="transductive" if args.protocol == "paper" else "fitted")
-            m["protocol"] = PROTOCOL_LABELS[args.protocol]
-            print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
+        print(f"saved {result.checkpoint} ({training.PROTOCOL_LABELS[args.protocol]}; best epoch {result.best_epoch})")
+        if result.metrics is not None:
+            print(json.dumps({k: v for k, v in result.metrics.items() if not isinstance(v, list)}, indent=1))
         return 0
     except (DatasetLayoutError, ValueError, FileNotFoundError, CheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

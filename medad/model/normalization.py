@@ -3,7 +3,7 @@
 MVFA rescales each branch to [0, 1] and fuses them ``0.5 * text + 0.5 * bank``. The reference computes the min/max
 over the whole test set (transductive); medad stores normalizers fitted on support/validation data with the
 adapters, so a single study is scored on its own. The transductive mode is :meth:`ScoreNormalizer.fit` on the test
-outputs themselves (see ``medad.engine.evaluate``).
+outputs themselves (see ``medad.evaluation.evaluate``).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from _synthetic import make_set  # noqa: E402
 
 import medad  # noqa: E402
 from medad.checkpoints import save_checkpoint  # noqa: E402
-from medad.engine import distributed  # noqa: E402
-from medad.engine.losses import MVFALoss  # noqa: E402
-from medad.engine.train import (TrainConfig, accumulate_gradients, features_from_tensors, fit_adapters,  # noqa: E402
-                                reset_adapters)
+from medad.training import distributed  # noqa: E402
+from medad.training.features import features_from_tensors  # noqa: E402
+from medad.training.fit import TrainConfig, accumulate_gradients, fit_adapters, reset_adapters  # noqa: E402
+from medad.training.losses import MVFALoss  # noqa: E402
 
 
 def main(out_dir: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from medad.engine.metrics import PixelMetrics, auroc, average_precision, f1_max, float16_key, image_metrics
+from medad.evaluation.metrics import PixelMetrics, auroc, average_precision, f1_max, float16_key, image_metrics
 
 
 def _sk_f1max(y, s):

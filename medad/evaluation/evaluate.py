@@ -8,7 +8,7 @@ Normalization (only matters where two branches are fused, i.e. with a few-shot m
   a second pass over the split (nothing is kept in memory); the detector's own normalizers are restored afterwards.
 
 Images stream through ``det.predict`` in batches; pixel metrics are accumulated on the fly
-(:class:`~medad.engine.metrics.PixelMetrics`), so memory does not grow with the number of pixels.
+(:class:`~medad.evaluation.metrics.PixelMetrics`), so memory does not grow with the number of pixels.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medad.datasets import ADDataset, ImageMaskDataset, Sample
 from medad.model.detector import AnomalyDetector
 
-from .datasets import ADDataset, ImageMaskDataset, Sample
 from .metrics import PixelMetrics, auroc, image_metrics
 
 __all__ = ["evaluate", "evaluate_samples", "fit_normalizers", "iter_predictions"]

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "is_main", "barrier", "all_reduce_gradients",
-           "broadcast_parameters", "shard", "world_info"]
+__all__ = ["DistInfo", "init_distributed", "cleanup", "barrier", "all_reduce_gradients", "broadcast_parameters",
+           "shard", "world_info"]
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,6 @@ def cleanup() -> None:
     """Leave the process group (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def is_main() -> bool:
-    return world_info().main
 
 
 def barrier() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medad.engine.distributed import all_reduce_gradients, shard, world_info
+from medad.training.distributed import all_reduce_gradients, shard, world_info
 
 WORKER = Path(__file__).parent / "_ddp_worker.py"
 
@@ -52,7 +52,7 @@ def test_torchrun_gloo_two_processes_match_one(tmp_path):
     assert ckpt["medad"]["provenance"]["world_size"] == 2
     # training moved the adapters away from the seeded init
     import medad
-    from medad.engine.train import reset_adapters
+    from medad.training.fit import reset_adapters
 
     det = medad.load_detector(backbone="tiny")
     reset_adapters(det, 0)

@@ -1,9 +1,13 @@
-"""Generated 2D images with lesion-like anomalies (bright blobs inside an organ-like disc) for training tests."""
+"""Generated 2D images with lesion-like anomalies (bright blobs inside an organ-like disc) for training tests, and
+an MVFA-layout dataset folder made of them."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 
 def make_images(n: int, abnormal: bool, seed: int, size: int = 240):
@@ -39,3 +43,20 @@ def make_set(n_normal: int, n_abnormal: int, seed: int, size: int = 240):
     xa, ma = make_images(n_abnormal, True, seed + 1000, size)
     labels = torch.tensor([0] * n_normal + [1] * n_abnormal)
     return torch.cat([xn, xa]), torch.cat([mn, ma]), labels
+
+
+def write_layout(root: Path, name: str, seed: int, n=(3, 3, 3, 3)) -> Path:
+    """MVFA layout with generated lesion images: valid (n0 good, n1 bad), test (n2 good, n3 bad)."""
+    for split, ng, nb, s in (("valid", n[0], n[1], seed), ("test", n[2], n[3], seed + 7)):
+        x, m, y = make_set(ng, nb, seed=s)
+        for i in range(len(y)):
+            cls = "good" if y[i] == 0 else "Ungood"
+            img = (x[i, 0].numpy() * 255).astype(np.uint8)
+            p = root / f"{name}_AD" / split / cls / "img" / f"{split}{i:03d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(p)
+            if y[i] == 1:
+                q = root / f"{name}_AD" / split / cls / "anomaly_mask" / p.name
+                q.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((m[i, 0].numpy() * 255).astype(np.uint8)).save(q)
+    return root / f"{name}_AD"

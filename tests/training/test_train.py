@@ -5,18 +5,19 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import medad
-from medad.engine.losses import MVFALoss
-from medad.engine.train import (PROTOCOL_LABELS, Selector, TrainConfig, features_from_tensors,
-                                fit_adapters, reset_adapters)
+from medad.datasets import read_dataset
+from medad.evaluation import evaluate
+from medad.training import PROTOCOL_LABELS, TrainConfig
+from medad.training.features import features_from_tensors
+from medad.training.fit import Selector, fit_adapters, reset_adapters
+from medad.training.losses import MVFALoss
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _synthetic import make_set  # noqa: E402
+from _synthetic import make_set, write_layout  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,37 +89,26 @@ def test_training_improves_heldout_pixel_auroc(tiny):
     assert res.anomaly_maps.shape == (2, 240, 240)
 
 
-def _write_layout(root: Path, name: str, seed: int, n=(3, 3, 3, 3)):
-    """MVFA layout with generated lesion images: valid (n0 good, n1 bad), test (n2 good, n3 bad)."""
-    for split, ng, nb, s in (("valid", n[0], n[1], seed), ("test", n[2], n[3], seed + 7)):
-        x, m, y = make_set(ng, nb, seed=s)
-        for i in range(len(y)):
-            cls = "good" if y[i] == 0 else "Ungood"
-            img = (x[i, 0].numpy() * 255).astype(np.uint8)
-            p = root / f"{name}_AD" / split / cls / "img" / f"{split}{i:03d}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(p)
-            if y[i] == 1:
-                q = root / f"{name}_AD" / split / cls / "anomaly_mask" / p.name
-                q.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((m[i, 0].numpy() * 255).astype(np.uint8)).save(q)
-    return root / f"{name}_AD"
-
-
 def test_cli_few_shot_normal_only_zero_shot_and_evaluate(tmp_path, capsys):
     from medad.cli import main
 
-    _write_layout(tmp_path, "Brain", 10, n=(4, 3, 3, 3))
-    _write_layout(tmp_path, "Liver", 20, n=(2, 2, 3, 3))
+    brain = write_layout(tmp_path, "Brain", 10, n=(4, 3, 3, 3))
+    write_layout(tmp_path, "Liver", 20, n=(2, 2, 3, 3))
     ckpt = tmp_path / "brain-2shot.pt"
-    rc = main(["train", "--data", str(tmp_path / "Brain_AD"), "--backbone", "tiny", "--mode", "few-shot", "--k", "2",
-               "--epochs", "1", "--batch-size", "11", "--out", str(ckpt), "--no-progress", "--evaluate",
-               "--history", str(tmp_path / "h.json")])
+    rc = main(["train", "--data", str(brain), "--backbone", "tiny", "--mode", "few-shot", "--k", "2",
+               "--epochs", "4", "--lr", "5e-3", "--batch-size", "11", "--out", str(ckpt), "--no-progress",
+               "--evaluate", "--history", str(tmp_path / "h.json")])
     out = capsys.readouterr().out
     assert rc == 0 and ckpt.is_file()
     metrics = json.loads(out[out.index("{"):])
-    assert metrics["protocol"] == PROTOCOL_LABELS["clean"] and 0 <= metrics["pixel_auroc"] <= 1
+    assert metrics["protocol"] == PROTOCOL_LABELS["clean"] and metrics["normalization"] == "fitted"
     assert metrics["memory_bank"] and metrics["n_images"] == 6
+    # held-out test split: the 2-shot model (fresh tiny adapters, 4 epochs, bank) beats the untrained adapters by a
+    # margin (measured: pixel AUROC 0.94 vs 0.71, AUPRO 0.82 vs 0.19)
+    untrained = evaluate(medad.load_detector(backbone="tiny"), read_dataset(brain), "test", progress=False)
+    assert metrics["pixel_auroc"] >= 0.85 and metrics["pixel_auroc"] > untrained["pixel_auroc"] + 0.15, \
+        (metrics["pixel_auroc"], untrained["pixel_auroc"])
+    assert metrics["aupro"] > untrained["aupro"] + 0.3, (metrics["aupro"], untrained["aupro"])
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     prov = state["medad"]["provenance"]
     assert prov["mode"] == "few-shot" and prov["k"] == 2 and prov["protocol"] == "clean"
@@ -128,7 +118,8 @@ def test_cli_few_shot_normal_only_zero_shot_and_evaluate(tmp_path, capsys):
     lo = state["medad"]["normalizer"]["low"]
     assert torch.isfinite(lo).all()  # every branch fitted on the non-support valid images
     hist = json.loads((tmp_path / "h.json").read_text())
-    assert len(hist["history"]) == 1 and "Brain/valid/pixel_auroc" in hist["history"][0]
+    assert [h["epoch"] for h in hist["history"]] == [1, 2, 3, 4] and "Brain/valid/pixel_auroc" in hist["history"][0]
+    assert hist["provenance"]["best_epoch"] == state["medad"]["provenance"]["best_epoch"]
 
     rc = main(["train", "--data", str(tmp_path / "Brain_AD"), "--backbone", "tiny", "--mode", "normal-only",
                "--k", "3", "--out", str(tmp_path / "n.pt"), "--no-progress", "--protocol", "paper"])
@@ -157,7 +148,7 @@ def test_cli_errors(tmp_path, capsys):
 
     rc = main(["train", "--data", str(tmp_path), "--backbone", "tiny", "--out", str(tmp_path / "x.pt")])
     assert rc == 1 and "no dataset found" in capsys.readouterr().err
-    _write_layout(tmp_path, "Brain", 1, n=(1, 1, 1, 1))
+    write_layout(tmp_path, "Brain", 1, n=(1, 1, 1, 1))
     rc = main(["train", "--data", str(tmp_path), "--backbone", "tiny", "--mode", "zero-shot", "--target", "Brain",
                "--out", str(tmp_path / "x.pt"), "--no-progress"])
     assert rc == 1 and "at least one other dataset" in capsys.readouterr().err
@@ -178,18 +169,3 @@ def test_demo_model_asset():
     assert held["CT"]["voxel_auroc"] > det.metadata["untrained_heldout"]["CT"]["voxel_auroc"] + 0.2
     res = det.predict(torch.rand(1, 3, 240, 240))
     assert res.anomaly_maps.shape == (1, 240, 240) and torch.isfinite(res.image_scores).all()
-
-
-def test_evaluate_lenient_masks_uses_masked_images_only(tmp_path):
-    from medad.engine.datasets import read_dataset
-    from medad.engine.evaluate import evaluate
-
-    root = _write_layout(tmp_path, "Brain", 3, n=(1, 1, 2, 3))
-    masks = sorted((root / "test" / "Ungood" / "anomaly_mask").iterdir())
-    masks[0].unlink()
-    ds = read_dataset(root, strict_masks=False)
-    det = medad.load_detector(backbone="tiny")
-    m = evaluate(det, ds, "test", progress=False)
-    assert m["n_abnormal"] == 3 and 0 <= m["pixel_auroc"] <= 1 and 0 <= m["image_auroc"] <= 1
-    fitted = evaluate(det, ds, "test", progress=False, normalization="transductive")
-    assert fitted["pixel_auroc"] == pytest.approx(m["pixel_auroc"], abs=2e-3)  # one branch: rank-invariant

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from medad.engine.augment import NUM_AUGMENTATIONS, augment_support
-from medad.engine.datasets import (
+from medad.training.augment import NUM_AUGMENTATIONS, augment_support
+from medad.datasets import (
     DatasetLayoutError,
     ImageMaskDataset,
     discover_datasets,
