@@ -36,6 +36,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..inference import GRADE_LABELS, OutputOptions, grade, grading_summary, write_outputs
+from ..io.dicom_index import IMAGE_FILE_SUFFIXES
 from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
 from .errors import BadRequest, NotFound
 from .store import DetectorStore
@@ -83,8 +84,9 @@ def to_reference_grid(volume: MetaTensor, size: Sequence[int], affine: np.ndarra
     return out
 
 
-#: Label file types the viewers and SimpleITK handle (3D Slicer and OHIF ask for ".nrrd").
-_LABEL_EXTENSIONS = (".nrrd", ".seg.nrrd", ".nii", ".nii.gz", ".mha")
+#: Label file types the viewers and SimpleITK handle (3D Slicer and OHIF ask for ".nrrd"): medad's single-file volume
+#: formats (not the header + data pairs .nhdr/.mhd) and Slicer's ".seg.nrrd".
+_LABEL_EXTENSIONS = (*(s for s in IMAGE_FILE_SUFFIXES if s not in (".nhdr", ".mhd")), ".seg.nrrd")
 
 
 def label_format(data: dict[str, Any]) -> tuple[str, np.dtype]:
