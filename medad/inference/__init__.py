@@ -9,13 +9,13 @@
 ``medad score`` (:mod:`medad.batch`), the MONAI bundle and the MONAI Label app all go through these.
 """
 
-from .grading import GRADE_LABELS, grade, grading_summary
+from .grading import GRADE_COLORS, GRADE_LABELS, GradeColor, grade, grade_colors, grading_summary
 from .outputs import OutputOptions, OutputRecord, result_scores, write_outputs
 from .provenance import model_fingerprint, provenance
 from .runner import VolumeResult, VolumeRunner
 from .table import RESULTS_COLUMNS, results_row, series_fields, write_results_csv
 from .uids import OutputUIDs, output_uids
 
-__all__ = ["GRADE_LABELS", "OutputOptions", "OutputRecord", "OutputUIDs", "RESULTS_COLUMNS", "VolumeResult",
-           "VolumeRunner", "grade", "grading_summary", "model_fingerprint", "output_uids", "provenance",
+__all__ = ["GRADE_COLORS", "GRADE_LABELS", "GradeColor", "OutputOptions", "OutputRecord", "OutputUIDs", "RESULTS_COLUMNS", "VolumeResult",
+           "VolumeRunner", "grade", "grade_colors", "grading_summary", "model_fingerprint", "output_uids", "provenance",
            "result_scores", "results_row", "series_fields", "write_outputs", "write_results_csv"]
