@@ -87,7 +87,7 @@ def score(
     overlays: int = 3,
     axis: str = "axial",
     intensity: str = "auto",
-    precision: str = "fp32",
+    precision: str = "auto",
     overwrite: bool = False,
     retry_failed: bool = True,
     progress: bool = True,

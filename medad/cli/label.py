@@ -77,7 +77,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shots", type=int, help="slices per normal study added to the memory bank (default 4)")
     g.add_argument("--thresholds", help="anomaly_low,mid,high cut-offs in [0,1], e.g. 0.5,0.7,0.9")
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
-    g.add_argument("--precision", choices=("fp32", "bf16"))
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="backbone precision (default auto: bf16 where the device computes it natively, else fp32)")
     g.add_argument("--site-checkpoint", dest="site_checkpoint",
                    help="where the reviewer loop saves the grown memory bank (default <app>/model/site_adapters.pt)")
     p.add_argument("--conf", "-c", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),

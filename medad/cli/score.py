@@ -29,7 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--weights", default=None, help="backbone weights file (default: the imported cache file)")
     m.add_argument("--object-name", default=None, help="prompt object name (default: the checkpoint's)")
     m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    m.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    m.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="backbone precision; auto = bf16 where the device computes it natively (CUDA with bf16, "
+                        "CPUs with AMX-BF16/AVX512-BF16), else fp32 (default: auto)")
     m.add_argument("--batch-size", type=int, default=None, help="slices per model call (default: sized to device)")
     m.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
     m.add_argument("--intensity", default="auto", help="auto, ct:brain, ct:brain,soft_tissue,bone, mr, percentile")

@@ -11,6 +11,7 @@ series records, the bundle's and the Label app's results) and the UID salt is ma
                      normalizers, memory bank, options with thresholds, precision; the backbone weights when small)
 ``object_name``      the prompt object name
 ``thresholds``       the detector's grading thresholds
+``precision``        the backbone precision the detector ran in (``fp32``/``bf16``: ``"auto"`` already resolved)
 ``axis`` ... ``resize_to_model``: the volume runner's settings (:data:`RUNNER_SETTINGS`), when a runner is given
 """
 
@@ -51,6 +52,7 @@ def provenance(detector: Any, runner: Optional[Any] = None) -> dict[str, Any]:
         "model_sha256": model_fingerprint(detector),
         "object_name": str(detector.options.object_name),
         "thresholds": [float(t) for t in detector.options.thresholds],
+        "precision": str(detector.precision),
     }
     if runner is not None:
         fields.update(runner_settings(runner))

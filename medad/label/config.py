@@ -18,7 +18,7 @@ option                        meaning (default)
 ``thresholds``                three increasing cut-offs in [0, 1] for anomaly_low/mid/high, e.g. ``0.5,0.7,0.9``
                               (the checkpoint's)
 ``device``                    ``cpu``, ``cuda``, ``cuda:1`` (``cuda`` when available, else ``cpu``)
-``precision``                 ``fp32`` or ``bf16`` (``fp32``)
+``precision``                 ``auto``, ``fp32`` or ``bf16`` (``auto``: bf16 where the device computes it natively)
 ``site_checkpoint``           where the reviewer loop saves adapters + grown bank (``<app>/model/site_adapters.pt``);
                               loaded in place of ``adapters`` when present
 ``normal_tag``                datastore label tag that marks a reviewer-confirmed normal study (``normal``)
@@ -108,7 +108,7 @@ class LabelConfig:
     shots: int = 4
     thresholds: Optional[tuple[float, float, float]] = None
     device: str = field(default_factory=_default_device)
-    precision: str = "fp32"
+    precision: str = "auto"
     site_checkpoint: str = ""
     normal_tag: str = "normal"
     empty_final_is_normal: bool = False
@@ -157,7 +157,7 @@ class LabelConfig:
         for key in ("empty_final_is_normal", "write_dicom"):
             if key in conf:
                 kw[key] = _bool(key, conf[key])
-        if kw.get("precision", "fp32") not in ("fp32", "bf16"):
-            raise ConfigError(f"--conf precision {kw['precision']!r}: expected fp32 or bf16.")
+        if kw.get("precision", "auto") not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--conf precision {kw['precision']!r}: expected auto, fp32 or bf16.")
         kw["runner_options"] = runner
         return cls(**kw)

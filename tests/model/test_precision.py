@@ -170,9 +170,11 @@ def test_bad_env_override_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("flags, expected", [(("avx2",), "fp32"), (("avx2", "avx512f", "amx_bf16"), "bf16")])
 def test_front_ends_default_to_auto_and_log_the_choice(cpu_with, caplog, flags, expected):
-    """load_detector and the bundle network resolve 'auto' by default; the detector reports the resolved choice."""
+    """load_detector and the bundle network resolve 'auto' by default; the detector and its provenance report the
+    resolved choice."""
     import medad
     from medad.bundle.network import SliceAnomalyNet
+    from medad.inference import provenance
 
     cpu_with(*flags)
     want = torch.bfloat16 if expected == "bf16" else torch.float32
@@ -180,6 +182,34 @@ def test_front_ends_default_to_auto_and_log_the_choice(cpu_with, caplog, flags, 
         det = medad.load_detector(backbone="tiny")
     assert (det.precision, det.model.backbone_dtype) == (expected, want)
     assert f"precision 'auto' -> {expected} on cpu" in caplog.text
+    assert provenance(det)["precision"] == expected  # run.json, series records, bundle and Label results
     net = SliceAnomalyNet(backbone="tiny", adapters=None)
     assert (net.detector.precision, net.detector.model.backbone_dtype) == (expected, want)
     assert medad.load_detector(backbone="tiny", precision="fp32").precision == "fp32"  # explicit still honoured
+
+
+def test_every_front_end_defaults_to_auto(tmp_path):
+    """API, batch scoring, CLI flags, the bundle config and the Label app config all default to 'auto'."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    import medad
+    from medad.batch.api import score
+    from medad.cli import build_parser
+    from medad.label.config import ConfigError, LabelConfig
+
+    assert inspect.signature(medad.load_detector).parameters["precision"].default == "auto"
+    assert inspect.signature(score).parameters["precision"].default == "auto"
+    args = build_parser().parse_args(["score", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert args.precision == "auto"
+    assert build_parser().parse_args(["score", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--precision", "fp32"]).precision == "fp32"
+    assert LabelConfig.from_conf(str(tmp_path), {}).precision == "auto"
+    assert LabelConfig.from_conf(str(tmp_path), {"precision": "bf16"}).precision == "bf16"
+    with pytest.raises(ConfigError, match="expected auto, fp32 or bf16"):
+        LabelConfig.from_conf(str(tmp_path), {"precision": "fp16"})
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "mri_ct_slice_anomaly_mvfa" / "configs" / "inference.json"
+    cfg = json.loads(bundle.read_text())
+    assert cfg["precision"] == "auto"
+    assert (cfg["network_def"]["precision"], cfg["network_def"]["device"]) == ("@precision", "@device")
