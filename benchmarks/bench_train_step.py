@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only, do not update BENCHMARKS.md")
     args = ap.parse_args()
 
-    det = medad.load_detector(backbone=args.backbone, weights="random")
+    det = medad.load_detector(backbone=args.backbone, weights="random", precision="fp32")  # the rows say fp32
     g = torch.Generator().manual_seed(0)
     n = args.batch
     images = torch.rand(n, 3, 240, 240, generator=g)
