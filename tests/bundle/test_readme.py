@@ -85,6 +85,12 @@ def test_readme_commands_in_fresh_clone(tmp_path):
     assert (bundle / "demo_data" / "Brain_AD" / "valid" / "Ungood" / "anomaly_mask").is_dir()
     train_out = clone / "out" / "bundle_train"
     metrics = json.loads((train_out / "metrics.json").read_text())
-    assert metrics["split"] == "test" and 0.0 <= metrics["pixel_auroc"] <= 1.0
+    # floors the README's run reaches, with margin. Measured (2026-11-30, 1 and 2 torch threads alike): image AUROC
+    # 1.000, pixel AUROC 0.399 (text branch alone 0.372): the tiny random backbone separates the phantom images but
+    # its maps do not localise the lesions: the pixel floor catches maps getting worse (or NaN), it is no quality bar.
+    assert (metrics["split"], metrics["n_images"], metrics["n_normal"], metrics["n_abnormal"]) == ("test", 16, 9, 7)
+    assert metrics["memory_bank"] is True and metrics["normalization"] == "fitted", metrics
+    assert metrics["image_auroc"] >= 0.9, metrics
+    assert metrics["pixel_auroc"] >= 0.3, metrics
     with open(train_out / "eval" / "scores.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2
