@@ -27,6 +27,65 @@ def machine() -> str:
             f"{datetime.now(timezone.utc):%Y-%m-%d}")
 
 
+def cpu_flags_line() -> str:
+    """The CPU features that decide CPU speed and ``precision="auto"``, as "name yes/no" pairs."""
+    from medad.model.precision import cpu_flags
+
+    flags = cpu_flags()
+    names = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    return "CPU flags: " + ", ".join(f"{n} {'yes' if n in flags else 'no'}" for n in names)
+
+
+def load_average() -> float:
+    """1-minute load average (nan where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def gemm_gflops(dtype, m: int = 2320, k: int = 1024, n: int = 4096, seconds: float = 1.0, device: str = "cpu") -> float:
+    """Best-of-runs GFLOP/s of one ``[m,k] @ [k,n]`` matrix product (default: a ViT-L MLP GEMM for 8 slices)."""
+    import time
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(device, dtype)
+    b = torch.randn(k, n, generator=g).to(device, dtype)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    best, spent = float("inf"), 0.0
+    while spent < seconds or best == float("inf"):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt), spent + dt
+    return 2.0 * m * k * n / best / 1e9
+
+
+def vit_gflop_per_slice(det) -> float:
+    """Multiply-adds x2 of one slice through the backbone + adapters, counted from the model's shapes (patch conv,
+    qkv/out projections, attention products, MLP, adapter linears). ``torch.utils.flop_counter`` misses the fused
+    ``nn.MultiheadAttention`` fast path, hence the explicit count."""
+    import torch
+
+    v = det.model.visual
+    width, patch = v.conv1.out_channels, v.conv1.kernel_size[0]
+    grid = v.grid_size[0] * v.grid_size[1]
+    tokens = grid + 1
+    flops = 2.0 * grid * width * 3 * patch * patch
+    for block in v.transformer.resblocks:
+        hidden = block.mlp.c_fc.out_features
+        flops += 2.0 * tokens * width * 4 * width + 4.0 * tokens * tokens * width + 4.0 * tokens * width * hidden
+    for m in det.model.adapters.modules():
+        if isinstance(m, torch.nn.Linear):
+            flops += 2.0 * tokens * m.in_features * m.out_features
+    return flops / 1e9
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, MiB (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
