@@ -18,8 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "dicom_index": ("FileRecord", "IMAGE_FILE_SUFFIXES", "SeriesIndex", "SeriesRecord", "find_series",
-                    "is_image_file"),
+    "dicom_index": ("DAMAGE_REASONS", "FileRecord", "IMAGE_FILE_SUFFIXES", "REASONS", "SeriesIndex", "SeriesRecord",
+                    "find_series", "is_image_file"),
     "discovery": ("DEFAULT_EXCLUDE", "find_volumes", "volume_source"),
     "dicom_outputs": ("write_parametric_map", "write_segmentation"),
     "dicomweb": ("StowError", "StowResult", "stow"),
@@ -48,7 +48,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loaded on first use
     from ._atomic import atomic_path, write_text_atomic
-    from .dicom_index import IMAGE_FILE_SUFFIXES, FileRecord, SeriesIndex, SeriesRecord, find_series, is_image_file
+    from .dicom_index import (DAMAGE_REASONS, IMAGE_FILE_SUFFIXES, REASONS, FileRecord, SeriesIndex, SeriesRecord,
+                              find_series, is_image_file)
     from .dicom_outputs import write_parametric_map, write_segmentation
     from .dicomweb import StowError, StowResult, stow
     from .discovery import DEFAULT_EXCLUDE, find_volumes, volume_source

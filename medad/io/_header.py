@@ -14,7 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-__all__ = ["dcmread_any", "is_localizer", "read_header"]
+__all__ = ["clean_message", "dcmread_any", "is_localizer", "read_header"]
 
 _LOCALIZER_RE = re.compile(r"\b(localizer|localiser|scout|survey|topogram|3[- ]?plane|tri[- ]?pilot)\b", re.I)
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -25,7 +25,8 @@ def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
     """After a ``stop_before_pixels`` read, check that Pixel Data exists and is complete; return a skip reason."""
     pos = fp.tell()
     if pos >= size:
-        return "no_pixel_data", "the header ends without Pixel Data (header-only export, or cut between elements)"
+        return "no_pixel_data", ("the file has no Pixel Data: a header-only export or a placeholder instance "
+                                 "(or a file cut exactly between two elements)")
     implicit, little = getattr(ds, "original_encoding", (False, True))
     ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     if implicit is None or ts == _DEFLATED:  # deflated: positions refer to the inflated stream
@@ -64,7 +65,11 @@ def _pixel_data_check(fp, ds, size: int) -> tuple[str, str] | None:
 
 
 def _cut_in_header(ds, size: int) -> tuple[str, str] | None:
-    """pydicom stops silently at end of file: find a short last value or a partial element header after the last one."""
+    """pydicom stops silently at end of file: find a short last value or a partial element header after the last one.
+
+    A file that ends cleanly after a complete element is not called truncated (a minimal or header-only object,
+    e.g. pydicom's test files): the checks that follow give it its reason (``non_image``, ``no_pixel_data``).
+    """
     meta = getattr(ds, "file_meta", None)
     elems = [*(meta.elements() if meta is not None else ()), *ds.elements()]
     for elem in elems:
@@ -77,11 +82,6 @@ def _cut_in_header(ds, size: int) -> tuple[str, str] | None:
         return "truncated", f"file ends inside a DICOM element header after {tell + last.length} of {size} bytes"
     if len(ds) == 0:
         return "truncated", f"file ends before its data set ({size} bytes)"
-    if "SOPClassUID" not in ds and meta is not None and "MediaStorageSOPClassUID" in meta:
-        return "truncated", f"file ends before the SOP Class UID of its data set ({size} bytes)"
-    sop = str(ds.get("SOPClassUID", ""))
-    if _is_image_sop(sop, ds) and not all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
-        return "truncated", f"image header ends before Rows/Columns/BitsAllocated ({size} bytes): file cut short?"
     return None
 
 
@@ -93,11 +93,35 @@ def _is_image_sop(sop: str, ds) -> bool:
 
 
 def _raw_dicom_start(fp) -> bool:
-    """True when a file without the Part-10 preamble starts like a bare DICOM data set (group 0002 or 0008 tag)."""
+    """True when a file without the Part-10 preamble starts like a bare DICOM data set (a group 0002 or 0008 tag,
+    little or big endian)."""
     fp.seek(0)
     head = fp.read(4)
     fp.seek(0)
-    return len(head) == 4 and struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008)
+    return len(head) == 4 and (struct.unpack("<H", head[:2])[0] in (0x0002, 0x0008)
+                               or struct.unpack(">H", head[:2])[0] in (0x0002, 0x0008))
+
+
+_MAGIC = ((b"PK\x03\x04", "a ZIP archive (unpack it to score what it holds)"),
+          (b"\x1f\x8b", "a gzip file (unpack it to score what it holds)"),
+          (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive (unpack it to score what it holds)"),
+          (b"%PDF", "a PDF document"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
+          (b"GIF8", "a GIF image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"BM", "a BMP image"), (b"<?xml", "an XML file"), (b"{", "a JSON or text file"))
+
+
+def _what_is(fp) -> str:
+    """A short description of a non-DICOM file from its first bytes (no file names)."""
+    fp.seek(0)
+    head = fp.read(512)
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "a tar archive (unpack it to score what it holds)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return "an unknown binary file"
 
 
 def dcmread_any(path, **kwargs):
@@ -114,7 +138,13 @@ def dcmread_any(path, **kwargs):
 
 
 def read_header(path: str):
-    """Return ``(dataset, None)`` or ``(None, (reason, detail))``; never raises for bad files."""
+    """``(dataset, None)`` for an image file with complete pixel data, else ``(dataset or None, (reason, detail))``.
+
+    The data set comes back with a reason too when the header could be read (a non-image object, a localizer-free
+    header-only file, ...), so the index knows which series the file belongs to. Never raises for bad files, and
+    messages hold no object addresses (tables must not change between identical runs).
+    """
+    ds = None
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fp:
@@ -122,33 +152,65 @@ def read_header(path: str):
                 ds = pydicom.dcmread(fp, stop_before_pixels=True)
             except InvalidDicomError:
                 if not _raw_dicom_start(fp):
-                    raise
+                    return None, ("not_dicom", f"not DICOM and not a NIfTI/NRRD/MHA image: {_what_is(fp)}")
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 if "SOPClassUID" not in ds:
-                    raise
+                    return None, ("not_dicom", f"not DICOM and not a NIfTI/NRRD/MHA image: {_what_is(fp)}")
             meta = getattr(ds, "file_meta", None) or {}
             meta_sop = str(meta.get("MediaStorageSOPClassUID", ""))
             if meta_sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
                 return None, ("dicomdir", "DICOMDIR index file; its images are indexed from their own files")
-            deflated = str(meta.get("TransferSyntaxUID", "")) == _DEFLATED
-            if fp.tell() >= size and not deflated and (cut := _cut_in_header(ds, size)):
-                return None, cut
+            if str(meta.get("TransferSyntaxUID", "")) == _DEFLATED:
+                return _deflated(path, ds)
+            if fp.tell() >= size and (cut := _cut_in_header(ds, size)):
+                return ds, cut
             sop = str(ds.get("SOPClassUID", meta_sop))
             if not _is_image_sop(sop, ds):
-                return None, ("non_image", f"{UID(sop).name or 'unknown SOP class'} ({ds.get('Modality', '?')})")
+                what = UID(sop).name if sop and UID(sop).name != sop else (
+                    "unknown SOP class" if sop else "no SOP Class UID and no image attributes")
+                return ds, ("non_image", f"{what} ({ds.get('Modality', '?') or '?'})")
             bad = _pixel_data_check(fp, ds, size)
-    except InvalidDicomError:
-        return None, ("not_dicom", "not a DICOM Part-10 file (no 'DICM' preamble) and not a NIfTI/NRRD/MHA image")
+            if bad is None and not all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
+                bad = ("unreadable", "image with Pixel Data but without Rows/Columns/BitsAllocated")
     except (EOFError, struct.error) as e:
         return None, ("truncated", f"file ends inside the DICOM header ({type(e).__name__})")
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the index
-        msg = str(e).split("\n")[0][:200]
+        msg = clean_message(str(e).split("\n")[0], path)[:200]
         if any(k in msg.lower() for k in ("end of file", "eof", "truncat", "no tag to read")):
             return None, ("truncated", f"file ends inside the DICOM header: {msg}")
         return None, ("unreadable", f"{type(e).__name__}: {msg}")
-    if bad:
-        return None, bad
-    return ds, None
+    return ds, bad
+
+
+def _deflated(path: str, ds):
+    """Deflated Explicit VR Little Endian: pydicom inflates the whole data set; keep it if it holds Pixel Data."""
+    full = pydicom.dcmread(path, force=True)
+    if not _is_image_sop(str(full.get("SOPClassUID", "")), full):
+        return ds, ("non_image", f"{UID(str(full.get('SOPClassUID', ''))).name or 'unknown SOP class'} "
+                                 f"({full.get('Modality', '?')})")
+    if "PixelData" not in full:
+        return ds, ("no_pixel_data", "the deflated data set has no Pixel Data")
+    del full.PixelData
+    return full, None
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|0x[0-9a-fA-F]{8,}")
+_PIDS = re.compile(r"\bpid(\(s\))? [\d, ]+\d|\.tmp-[\w-]+")
+
+
+_FILE_OBJECT = re.compile(r"<_io\.\w+ name=(?:'[^']*'|\"[^\"]*\"|\d+)>")
+
+
+def clean_message(msg: str, path: str | os.PathLike | None = None) -> str:
+    """``msg`` on one line without what changes between identical runs or names the input: object addresses
+    (``<_io.BytesIO object at 0x7f..>``), file objects with their names, process ids, temporary-file names, and
+    ``path`` (a file or folder name may hold a patient's name)."""
+    msg = " ".join(str(msg).split())
+    if path:
+        for p in sorted({os.fspath(path), os.path.abspath(os.fspath(path))}, key=len, reverse=True):
+            msg = msg.replace(p, "<file>")
+    msg = _FILE_OBJECT.sub("<file>", _ADDRESS.sub("", msg))
+    return _PIDS.sub(lambda m: "pid N" if m.group(0).startswith("pid") else ".tmp", msg)
 
 
 def is_localizer(ds) -> bool:

@@ -30,12 +30,11 @@ import torch
 from monai.data import MetaTensor
 
 from ._header import dcmread_any
-from .dicom_index import SeriesRecord, find_series, is_image_file
+from .dicom_index import ORIENTATION_TOL, SeriesRecord, find_series, is_image_file
 
 __all__ = ["SeriesLoadError", "itk_affine", "itk_geometry", "load_series", "load_volume", "lps_ras",
            "metatensor_from_hd_volume", "read_image_geometry", "read_nifti"]
 
-_ORIENTATION_TOL = 1e-4  # ImageOrientationPatient may differ by rounding noise between slices (grouping uses 4 dp)
 
 
 # ------------------------------------------------------------------------------------------- conventions
@@ -164,9 +163,14 @@ def _load_single_frame(record: SeriesRecord) -> MetaTensor:
         synthetic = generate_uid(entropy_srcs=["medad-missing-frame-of-reference", record.key])
         for ds in datasets:  # in memory only, so that highdicom accepts the patient coordinate system
             ds.FrameOfReferenceUID = synthetic
+    spacing = datasets[0].get("PixelSpacing")
+    for ds in datasets[1:]:  # rounding noise the index grouped within tolerance: highdicom wants equal values
+        if spacing is not None and ds.get("PixelSpacing") != spacing and np.allclose(
+                [float(v) for v in ds.PixelSpacing], [float(v) for v in spacing], rtol=1e-4, atol=0):
+            ds.PixelSpacing = spacing
     try:
         vol = hd.get_volume_from_series(datasets, dtype=np.float32, apply_voi_transform=False,
-                                        orientation_tol=_ORIENTATION_TOL)
+                                        orientation_tol=ORIENTATION_TOL)
         mt = metatensor_from_hd_volume(vol)
     except (RuntimeError, NotImplementedError, ImportError) as e:  # pixel decoding: fall back to GDCM
         mt = _load_with_simpleitk(files, datasets, e, record.key)

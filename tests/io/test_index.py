@@ -78,7 +78,7 @@ def test_every_file_once_with_a_reason(messy_tree):
     assert by_name["truncated_header.dcm"].reason in ("truncated", "unreadable")
     assert by_name["no_pixels.dcm"].reason == "no_pixel_data"
     assert by_name["copy_of_slice3.dcm"].reason == "duplicate_instance"
-    assert by_name["broken_link.dcm"].reason == "unreadable" and "FileNotFoundError" in by_name["broken_link.dcm"].detail
+    assert by_name["broken_link.dcm"].reason == "broken_link" and "does not exist" in by_name["broken_link.dcm"].detail
     scouts = [f for f in index.files if "/scout/" in f.path]
     assert len(scouts) == 3 and {f.reason for f in scouts} == {"localizer"}
     assert len(index.series) == 1 and index.series[0].n_files == len(good)
