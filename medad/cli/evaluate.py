@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for ds in datasets:
             det = medad.load_detector(backbone=args.backbone, weights=args.weights, adapters=args.adapters,
-                                      object_name=args.object_name or ds.object_name, device=device)
+                                      object_name=args.object_name or ds.object_name, device=device,
+                                      precision=args.precision)
             m = evaluate(det, ds, args.split, normalization=args.normalization, image_score_rule=args.image_score,
                          batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress,
                          aupro=not args.no_aupro)

@@ -22,6 +22,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default=None, help="backbone config: ViT-L-14-336 (paper) or tiny (tests/demos)")
     p.add_argument("--weights", default=None, help="backbone weights file (OpenAI .pt / open_clip / safetensors)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="frozen backbone weights: auto = bf16 where the device computes it natively, else fp32")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0, help="image-loading worker processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         config = training.TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                                      device=str(info.device), amp=not args.no_amp, det_loss=args.det_loss,
+                                      device=str(info.device), precision=args.precision, amp=not args.no_amp, det_loss=args.det_loss,
                                       num_workers=args.workers, progress=not args.no_progress)
         result = training.train(datasets, args.mode, target=args.target, k=args.k, backbone=args.backbone,
                                 weights=args.weights, adapters=args.adapters, config=config, protocol=args.protocol,

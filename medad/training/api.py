@@ -92,7 +92,7 @@ def train(datasets: ADDataset | Sequence[ADDataset], mode: str = "few-shot", *, 
         det = None
         if adapters is not None:
             det = load_detector(backbone=backbone, weights=weights, adapters=adapters, object_name=tgt.object_name,
-                                device=config.device)
+                                device=config.device, precision=config.precision)
         result = few_shot(tgt, k, backbone=backbone, weights=weights, config=config, protocol=protocol,
                           normal_only=mode == "normal-only", support_seed=support_seed, support=support, detector=det)
     if main:

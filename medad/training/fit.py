@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 111
     eval_every: int = 1
     device: str = "cpu"
+    precision: str = "auto"  # the frozen backbone's weights: "auto" (bf16 where native), "fp32", "bf16"
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     det_loss: str = "bce"
     num_workers: int = 0

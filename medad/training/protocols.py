@@ -108,7 +108,8 @@ def zero_shot(datasets: Sequence[ADDataset], target: str, *, backbone: Optional[
         raise ValueError(f"zero-shot training for {target!r} needs at least one other dataset to train on "
                          "(leave-one-dataset-out); give more datasets with --data.")
     tgt = by_name[target]
-    det = load_detector(backbone=backbone, weights=weights, object_name=tgt.object_name, device=config.device)
+    det = load_detector(backbone=backbone, weights=weights, object_name=tgt.object_name, device=config.device,
+                        precision=config.precision)
     reset_adapters(det, config.seed)
     names = list(dict.fromkeys(d.object_name for d in sources))
     texts = text_table(det, names + [tgt.object_name], det.backbone, weights)
@@ -162,7 +163,7 @@ def few_shot(dataset: ADDataset, k: int, *, backbone: Optional[str] = None, weig
         chosen = set(support)
         rest = [s for s in pool if s not in chosen]
     det = detector or load_detector(backbone=backbone, weights=weights, object_name=dataset.object_name,
-                                    device=config.device)
+                                    device=config.device, precision=config.precision)
     images, masks, labels = load_batch(support, det.image_size)
     aug_images, aug_masks = augment_support(images, masks)
     aug_labels = labels.repeat(NUM_AUGMENTATIONS)
