@@ -24,6 +24,13 @@ Rules (documented choices):
 * **Volume score** (``volume_score="topk_mean"``, default): the mean of the ``top_k`` highest slice scores among the
   scored slices (robust to one noisy slice, still driven by the most anomalous region); ``"max"``: the highest slice
   score. A volume with no scored slice gets 0.
+* **Calibration**: when the detector carries a :class:`medad.model.options.Calibration`
+  (``detector.options.calibration``, fitted by ``medad calibrate`` on normal studies) made with this runner's
+  settings for these adapters, the reported volume, slice and 2D image scores are calibrated (in [0, 1]: the
+  normal-population percentile of the raw score) and ``flagged`` says whether the study is above the operating point;
+  the raw scores stay in ``raw_volume_score``/``raw_slice_scores``. Otherwise (no calibration, or one made with other
+  settings or adapters: :meth:`VolumeRunner.calibration_status` says why) the scores are the raw detector scores and
+  ``flagged`` is None.
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ class VolumeResult:
         source_dim: the source spatial dim that holds the slices (``anomaly_map[0].select(source_dim, i)`` is
             slice ``i``); None for 2D.
         skipped: ``[n_slices]`` bool, True for empty slices not sent to the model.
+        raw_volume_score, raw_slice_scores: the uncalibrated scores (the same as ``volume_score``/``slice_scores``
+            when no calibration is applied).
+        flagged: True/False when a calibration is applied (raw volume score above the operating point), else None.
+        calibrated: whether ``volume_score``/``slice_scores`` are calibrated scores in [0, 1].
     """
 
     anomaly_map: MetaTensor
@@ -67,6 +78,10 @@ class VolumeResult:
     n_slices: int
     source_dim: int | None = None
     skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    raw_volume_score: float | None = None
+    raw_slice_scores: np.ndarray | None = None
+    flagged: bool | None = None
+    calibrated: bool = False
 
 
 class VolumeRunner:
@@ -117,6 +132,48 @@ class VolumeRunner:
         self.volume_score_rule = volume_score
         self.resize_to_model = resize_to_model
         self.image_size = int(getattr(detector, "image_size", 240))
+        self._calibration: tuple[Any, str] | None = None
+
+    def calibration_status(self) -> tuple[Any, str]:
+        """``(calibration or None, note)``: the detector's :class:`~medad.model.options.Calibration` when it was
+        fitted with this runner's settings on these adapters and backbone, else None and why not (decided once)."""
+        if self._calibration is None:
+            self._calibration = self._check_calibration()
+        return self._calibration
+
+    def _check_calibration(self) -> tuple[Any, str]:
+        from .provenance import adapters_digest, runner_settings
+
+        cal = getattr(getattr(self.detector, "options", None), "calibration", None)
+        if cal is None:
+            return None, "uncalibrated: raw detector scores, nothing flagged (fit an operating point: medad calibrate)"
+        mine = runner_settings(self)
+        if hasattr(self.detector, "state_dict"):
+            mine["adapters_sha256"] = adapters_digest(self.detector)
+            mine["backbone_sha256"] = str(getattr(self.detector, "metadata", {}).get("backbone_sha256", "") or "")
+        diff = sorted(k for k, v in cal.settings.items() if k in mine and mine[k] != v)
+        if diff:
+            return None, ("calibration not applied: it was fitted with other " + ", ".join(
+                f"{k}={cal.settings[k]!r}" if "sha256" not in k else f"{k}" for k in diff)
+                + " (raw scores, nothing flagged; recalibrate with these settings: medad calibrate)")
+        return cal, (f"calibrated on {cal.n_studies} normal studies at specificity {cal.specificity:g} "
+                     f"(false-positive rate <= {cal.fpr_bound:.4f} over exchangeable normal studies)")
+
+    def _apply_calibration(self, res: VolumeResult) -> VolumeResult:
+        """Fill the raw/calibrated fields of ``res`` (see the module docstring)."""
+        res.raw_volume_score, res.raw_slice_scores = res.volume_score, res.slice_scores
+        cal, _ = self.calibration_status()
+        if cal is None:
+            return res
+        ss = np.asarray(cal.image_score(res.slice_scores), dtype=np.float32).reshape(res.slice_scores.shape)
+        ss[res.skipped] = 0.0  # not scored: background only
+        if res.source_dim is None:  # one 2D image: its image score is its only score
+            res.volume_score = float(ss[0])
+        else:
+            res.volume_score = float(cal.volume_score(res.raw_volume_score)) if res.top_slices else 0.0
+            res.flagged = cal.flagged(res.raw_volume_score) if res.top_slices else False
+        res.slice_scores, res.calibrated = ss, True
+        return res
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()  # not inference_mode: callers may edit the map in place
@@ -161,9 +218,10 @@ class VolumeRunner:
         skipped_src = np.empty(n, dtype=bool)
         skipped_src[src_idx] = skipped
         top = self._top(slice_scores, skipped_src)
-        return VolumeResult(anomaly_map=self._like(out[None], vol), volume_score=self._volume_score(slice_scores, top),
-                            slice_scores=slice_scores, top_slices=top, axis=self.axis, n_slices=n,
-                            source_dim=slicer.source_dim, skipped=skipped_src)
+        return self._apply_calibration(VolumeResult(
+            anomaly_map=self._like(out[None], vol), volume_score=self._volume_score(slice_scores, top),
+            slice_scores=slice_scores, top_slices=top, axis=self.axis, n_slices=n, source_dim=slicer.source_dim,
+            skipped=skipped_src))
 
     @torch.no_grad()  # not inference_mode: callers may edit the map in place
     def run_2d(self, image: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
@@ -187,9 +245,9 @@ class VolumeRunner:
         m, s = self._predict(x[None])
         m = m.clone()  # a plain tensor, not a view of the detector's (inference-mode) output
         score = float(s[0])
-        return VolumeResult(anomaly_map=self._like(m, img), volume_score=score,
-                            slice_scores=np.array([score], dtype=np.float32), top_slices=[0], axis=None, n_slices=1,
-                            source_dim=None, skipped=np.zeros(1, dtype=bool))
+        return self._apply_calibration(VolumeResult(
+            anomaly_map=self._like(m, img), volume_score=score, slice_scores=np.array([score], dtype=np.float32),
+            top_slices=[0], axis=None, n_slices=1, source_dim=None, skipped=np.zeros(1, dtype=bool)))
 
     @torch.no_grad()
     def model_inputs(self, volume: MetaTensor | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

@@ -36,13 +36,15 @@ def _array_affine(volume, what: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, np.asarray(_to_numpy(affine), dtype=np.float64)
 
 
-def save_nifti(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.float32) -> Path:
+def save_nifti(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.float32,
+               description: str = "") -> Path:
     """Write ``MetaTensor [1, X, Y, Z]`` as NIfTI-1 (``.nii``/``.nii.gz``) with its affine as sform and qform (atomic).
 
     Args:
         volume: the map/volume; its ``affine`` (voxel->RAS) goes to the header (code 1, scanner).
         path: output path; the folder is created.
         dtype: stored data type (``np.float32`` for maps, ``np.uint8`` for label maps).
+        description: the header's ``descrip`` field (ASCII, cut to 79 characters), e.g. the provenance.
 
     Returns:
         The written path. ``medad.io.load_volume(path)`` gives back the same array and affine.
@@ -54,6 +56,8 @@ def save_nifti(volume, path: str | os.PathLike, *, dtype: np.dtype | type = np.f
     img.set_sform(affine, code=1)
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
+    if description:
+        img.header["descrip"] = description.encode("ascii", "replace")[:79]
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
@@ -139,9 +143,15 @@ def save_overlay_png(
     map_range: tuple[float, float] = (0.0, 1.0),
     alpha: float = 0.6,
     columns: int | None = None,
+    labels=None,
+    colors: Sequence[Sequence[float]] | None = None,
 ) -> Path:
     """PNG of axial slices ``k`` (last axis): grayscale image + heat colormap of the map, side by side with the plain
     slice, several slices tiled into one picture (atomic write).
+
+    With ``labels`` (a graded label map on the same grid, e.g. :func:`medad.inference.grading.grade` of the map) and
+    ``colors`` (one RGB in [0, 1] per grade 1..n), the overlay shows the grades in those colours (opacity ``alpha``,
+    grade 0 transparent), as the SEG shows them in a viewer, instead of the continuous heat map.
 
     Args:
         image: ``MetaTensor [1, X, Y, Z]`` (e.g. HU); its affine orients the display (radiological convention).
@@ -152,6 +162,7 @@ def save_overlay_png(
         map_range: map values shown from transparent (low) to opaque white-hot (high).
         alpha: maximum overlay opacity.
         columns: tiles per row (default: all slices in one row).
+        labels, colors: graded overlay (see above).
 
     Returns:
         The written path.
@@ -167,12 +178,26 @@ def save_overlay_png(
     ks = [int(slices)] if np.isscalar(slices) else [int(k) for k in slices]
     if not ks or any(not -img.shape[2] <= k < img.shape[2] for k in ks):
         raise ValueError(f"slices {ks} out of range for {img.shape[2]} slices")
+    lab = None
+    if labels is not None:
+        lab = _to_numpy(labels)
+        lab = lab[0] if lab.ndim == 4 else lab
+        if lab.shape != img.shape or colors is None:
+            raise ValueError(f"labels {lab.shape} must be on the image grid {img.shape} and come with colors")
+        palette = np.concatenate([np.zeros((1, 3)), np.asarray(colors, dtype=np.float32).reshape(-1, 3)])
+        if int(lab.max(initial=0)) >= len(palette):
+            raise ValueError(f"labels reach {int(lab.max())} but only {len(palette) - 1} colours were given")
     modality = str(getattr(image, "meta", {}).get("modality", ""))
     lo, hi = _window(img, window, modality)
     m_lo, m_hi = map_range
     tiles = []
     for k in ks:
         g = np.clip((_display_plane(img[:, :, k], affine) - lo) / (hi - lo), 0, 1)[..., None].repeat(3, -1)
+        if lab is not None:
+            lk = _display_plane(lab[:, :, k], affine).astype(np.int64)
+            a = (alpha * (lk > 0))[..., None]
+            tiles.append(np.concatenate([g, (1 - a) * g + a * palette[lk]], axis=1))
+            continue
         v = np.clip((_display_plane(amap[:, :, k], affine) - m_lo) / max(m_hi - m_lo, 1e-12), 0, 1)
         a = (alpha * v)[..., None]
         tiles.append(np.concatenate([g, (1 - a) * g + a * heat_colormap(v)], axis=1))

@@ -14,7 +14,7 @@ import torch
 
 from medad.inference import (GRADE_LABELS, OutputOptions, VolumeRunner, grade, grading_summary, output_uids,
                              provenance, results_row, series_fields, write_outputs)
-from medad.inference.uids import source_key, uid_salt
+from medad.inference.uids import content_digest, source_key, uid_salt
 from medad.io import load_volume, metatensor_from_hd_volume
 from medad.synthetic import make_ct_phantom, write_dicom_series
 
@@ -66,13 +66,16 @@ def test_grade_is_the_one_rule():
 
 def test_uids_follow_the_content_identity():
     prov = {"model_sha256": "a" * 64, "axis": "axial"}
-    base = output_uids("1.2.3", uid_salt(prov, THRESHOLDS))
-    assert base == output_uids("1.2.3", uid_salt(dict(prov), list(THRESHOLDS)))  # a rerun: the same UIDs
-    assert len({*base.to_dict().values()}) == 4
-    others = [output_uids("1.2.3#2", uid_salt(prov, THRESHOLDS)),  # another volume of the same series
-              output_uids("1.2.3", uid_salt({**prov, "model_sha256": "b" * 64}, THRESHOLDS)),  # another model
-              output_uids("1.2.3", uid_salt({**prov, "axis": "coronal"}, THRESHOLDS)),  # other settings
-              output_uids("1.2.3", uid_salt(prov, (0.4, 0.6, 0.85)))]  # other grading
+    c = content_digest(np.zeros((4, 4, 3), np.float32))
+    base = output_uids("1.2.3", uid_salt(prov, THRESHOLDS), c)
+    assert base == output_uids("1.2.3", uid_salt(dict(prov), list(THRESHOLDS)), c)  # a rerun: the same UIDs
+    assert len({*base.to_dict().values()}) == 6
+    others = [output_uids("1.2.3#2", uid_salt(prov, THRESHOLDS), c),  # another volume of the same series
+              output_uids("1.2.3", uid_salt({**prov, "model_sha256": "b" * 64}, THRESHOLDS), c),  # another model
+              output_uids("1.2.3", uid_salt({**prov, "axis": "coronal"}, THRESHOLDS), c),  # other settings
+              output_uids("1.2.3", uid_salt(prov, (0.4, 0.6, 0.85)), c),  # other grading
+              output_uids("1.2.3", uid_salt(prov, THRESHOLDS), content_digest(np.zeros((4, 4, 2), np.float32))),
+              output_uids("1.2.3", uid_salt(prov, THRESHOLDS), content_digest(np.full((4, 4, 3), 1e-7, np.float32)))]
     for o in others:
         assert not set(o.to_dict().values()) & set(base.to_dict().values())
     assert source_key({"series_key": "1.2.3#2", "series_uid": "1.2.3"}) == "1.2.3#2"
@@ -103,7 +106,7 @@ def test_write_outputs_dicom_series(tmp_path, ct_series):
     assert rec.files["nifti"] == "anomaly_map.nii.gz" and rec.files["pm"] == "pm.dcm" and rec.files["seg"] == "seg.dcm"
     assert rec.files["pngs"] == [f"top{r}_slice{k:04d}.png" for r, k in enumerate(res.top_slices[:2], start=1)]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
-        ["anomaly_map.nii.gz", "pm.dcm", "seg.dcm", *rec.files["pngs"]])
+        ["anomaly_map.nii.gz", "anomaly_map.json", "pm.dcm", "seg.dcm", *rec.files["pngs"]])
     # the NIfTI holds the map in the source geometry
     img = nib.load(tmp_path / "a" / "anomaly_map.nii.gz")
     np.testing.assert_array_equal(np.asarray(img.dataobj), res.anomaly_map[0].numpy())
@@ -117,8 +120,9 @@ def test_write_outputs_dicom_series(tmp_path, ct_series):
     back = metatensor_from_hd_volume(seg.get_volume(combine_segments=True))
     np.testing.assert_array_equal(back[0].numpy(), expected)
     # UIDs: the policy's, recorded; the scores are the result's
-    want = output_uids(vol.meta["series_key"], uid_salt(prov, THRESHOLDS)).to_dict()
-    assert rec.uids == want
+    want = output_uids(vol.meta["series_key"], uid_salt(prov, THRESHOLDS, GRADE_LABELS),
+                       content_digest(res.anomaly_map)).to_dict()
+    assert rec.uids == {k: v for k, v in want.items() if not k.startswith("pm_int")}
     pm = pydicom.dcmread(tmp_path / "a" / "pm.dcm", stop_before_pixels=True)
     assert (pm.SeriesInstanceUID, pm.SOPInstanceUID) == (want["pm_series"], want["pm_instance"])
     assert (seg.SeriesInstanceUID, seg.SOPInstanceUID) == (want["seg_series"], want["seg_instance"])
@@ -141,7 +145,7 @@ def test_write_outputs_names_and_non_dicom(tmp_path, ct_series):
     rec = write_outputs(res, nifti, tmp_path, OutputOptions(overlays=1, dicom=True,
                                                             names={"nifti": "case_anomaly.nii.gz",
                                                                    "png": "case_{rank}.png"}))
-    assert rec.files == {"nifti": "case_anomaly.nii.gz", "pngs": ["case_1.png"],
+    assert rec.files == {"nifti": "case_anomaly.nii.gz", "sidecar": "case_anomaly.json", "pngs": ["case_1.png"],
                          "dicom": "not a DICOM series: no PM/SEG written"}
     assert rec.uids == {} and rec.grading["thresholds"] == [0.5, 0.7, 0.9]  # no provenance: the default thresholds
     with pytest.raises(ValueError, match="3D"):
