@@ -51,6 +51,7 @@ def close(actual, expected, atol: float = ATOL, what: str = "") -> None:
     e = np.asarray(expected, dtype=np.float32)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != reference {e.shape}"
     err = float(np.abs(a.astype(np.float64) - e).max())
+    print(f"{what}: max |medad - reference| = {err:.2e} (tolerance {atol:g})")  # shown by pytest -rP
     assert err <= atol, f"{what}: max |medad - reference| = {err:.3g} > {atol:g}"
 
 
