@@ -8,5 +8,6 @@ state (series records, ``run.json``, the run lock) and :func:`score` (:mod:`~med
 """
 
 from .api import ScoreConfigError, ScoreSummary, score
+from .records import OutputWriteError
 
-__all__ = ["ScoreConfigError", "ScoreSummary", "score"]
+__all__ = ["OutputWriteError", "ScoreConfigError", "ScoreSummary", "score"]

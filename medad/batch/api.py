@@ -52,8 +52,25 @@ log = logging.getLogger("medad.batch")
 
 
 class ScoreConfigError(ValueError):
-    """The run cannot start: the output folder holds a run made with other settings or is in use by another run,
-    an input does not exist, or a filter is invalid."""
+    """The run cannot start: the output folder is a file, cannot be created or written, holds a run made with other
+    settings or is in use by another run, an input does not exist, or a filter is invalid."""
+
+
+def _prepare_out(out_dir) -> Path:
+    """Create the output folder and check that it can be written; :class:`ScoreConfigError` says why not."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise ScoreConfigError(f"--out {out_dir} is a file, not a folder: give a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".medad-write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        why = f"{os.strerror(e.errno)} (errno {e.errno})" if e.errno else type(e).__name__
+        raise ScoreConfigError(f"cannot write to the output folder {out_dir}: {why}. Choose a writable folder with "
+                               "free space.") from None
+    return out
 
 
 def _broadcast(obj: Any, dist_on: bool) -> Any:
@@ -93,6 +110,7 @@ def score(
     progress: bool = True,
     dry_run: bool = False,
     detector=None,
+    index_workers: Optional[int] = None,
 ) -> ScoreSummary:
     """Score every series under ``inputs`` into ``out_dir`` (resumable; see the module docstring).
 
@@ -116,15 +134,21 @@ def score(
         progress: tqdm bars for indexing and for series.
         dry_run: index and plan only: the tables list the series still to score as ``pending``.
         detector: an already built detector (then ``adapters``/``backbone``/... are ignored).
+        index_workers: header-reading processes for indexing (default: the CPU count, at most 8; exports under 2,000
+            files are indexed in this process).
 
     Returns:
         :class:`ScoreSummary` (``summary.exit_code`` is 0 only when nothing failed).
+
+    Raises:
+        ScoreConfigError: the run cannot start (``--out`` is a file or not writable, other settings, another run).
+        medad.batch.records.OutputWriteError: the output folder became unwritable (disk full) during the run;
+            finished series are kept and a rerun finishes the job.
     """
     from ..training.distributed import barrier, init_distributed
 
     t0 = time.perf_counter()
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(out_dir)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [str(Path(p)) for p in inputs]
@@ -152,10 +176,14 @@ def score(
             try:
                 lock = records.acquire_run_lock(out)
                 plan = make_plan(inputs, out, config, modality=modality, body_part=body_part,
+                                 index_workers=index_workers,
                                  series_description=series_description, exclude=exclude, overwrite=overwrite,
                                  retry_failed=retry_failed, stow=stow, progress=progress)
             except (records.RunConfigError, records.OutputBusyError, FileNotFoundError, re.error) as e:
                 plan = Plan(error=f"{type(e).__name__}: {e}")
+            except OSError as e:  # run.json / run.lock cannot be written: disk full, read-only
+                plan = Plan(error=f"cannot write to the output folder {out}: "
+                                  f"{os.strerror(e.errno) if e.errno else type(e).__name__}; free space and rerun")
         plan = _broadcast(plan, dist_on)
         if plan.error:
             raise ScoreConfigError(plan.error)
@@ -170,18 +198,28 @@ def score(
         shm_warning = check_shared_memory(mine, nworkers)
         if shm_warning and not dry_run:
             log.warning(shm_warning)
+        stopped = None
         if mine and not dry_run:
-            score_series(mine, out, runner, dirs=plan.dirs, fingerprints=plan.fingerprints, options=options,
-                         stow=stow, workers=nworkers, progress=progress, position=info.rank)
+            try:
+                score_series(mine, out, runner, dirs=plan.dirs, fingerprints=plan.fingerprints, options=options,
+                             stow=stow, workers=nworkers, progress=progress, position=info.rank)
+            except records.OutputWriteError as e:  # disk full: still try to write the tables of what is done
+                stopped = e
         barrier()
 
         # 4-5. merge and report (rank 0)
         if info.main:
-            summary, outcomes = merge(out, plan, n_todo=len(todo))
-            summary.report = write_report(out / "report.html", outcomes, n_files=summary.n_files,
-                                          filtered=summary.n_filtered)
-            summary.elapsed_s = round(time.perf_counter() - t0, 3)
-            write_summary(summary)
+            try:
+                summary, outcomes = merge(out, plan, n_todo=len(todo))
+                summary.report = write_report(out / "report.html", outcomes, n_files=summary.n_files,
+                                              filtered=summary.n_filtered)
+                summary.elapsed_s = round(time.perf_counter() - t0, 3)
+                write_summary(summary)
+            except OSError as e:
+                raise (stopped or records.OutputWriteError(out, e, what="tables (results.csv, manifest.jsonl, "
+                                                                         "report.html, summary.json)")) from e
+        if stopped is not None:
+            raise stopped
     finally:
         records.release_run_lock(lock)
     return _broadcast(summary, dist_on)

@@ -4,12 +4,23 @@
 :class:`~medad.batch.load.SeriesLoader` decodes ahead, and hands each result to a writer thread
 (:func:`write_series`: :func:`medad.inference.write_outputs`, optional STOW, then the series' ``record.json``) while the
 next series is scored. Any error (unreadable pixels, irregular geometry, a write or STOW error) fails that series
-only: it gets a ``failed`` record with the stage and reason, and the batch goes on. Sharding across ``torchrun``
-ranks (:func:`balanced_shards`) and device-sized slice batches (:func:`default_batch_size`) are decided here too.
+only: it gets a ``failed`` record with the stage and reason, and the batch goes on; except an output folder that
+cannot be written at all (disk full, quota, read-only): that stops the run with
+:class:`~medad.batch.records.OutputWriteError` (finished series are kept; a rerun with space finishes the job).
+Sharding across ``torchrun`` ranks (:func:`balanced_shards`) and device-sized slice batches
+(:func:`default_batch_size`) are decided here too.
+
+Geometry rule (:func:`choose_axis`): a series too thin along the requested axis (its slices would be less than
+:data:`MIN_SLICE_SIDE` voxels on a side, e.g. a single sagittal slice or a 3-slice coronal series sliced axially) is
+scored in its own acquisition plane, with a warning in its row; if that is too small too, it is skipped
+(``too_small``). A series whose every slice is background after intensity scaling fails (``no_signal``): a score of 0
+would rank it as the most normal study.
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import logging
 import os
 import time
@@ -25,9 +36,46 @@ from ..io import SeriesRecord
 from . import records
 from .load import SeriesLoader, one_line
 
-__all__ = ["StowGate", "balanced_shards", "default_batch_size", "run_with_backoff", "score_series", "write_series"]
+__all__ = ["MIN_SLICE_SIDE", "StowGate", "balanced_shards", "choose_axis", "default_batch_size", "run_with_backoff",
+           "score_series", "write_series"]
 
 log = logging.getLogger("medad.batch")
+
+#: Slices less than this many voxels on a side are not scored (the model would see a line of pixels).
+MIN_SLICE_SIDE = 16
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def choose_axis(volume, axis: str) -> tuple[str | None, str]:
+    """``(axis to score along, note)``: ``axis`` when its slices are big enough, else the series' own acquisition
+    plane (the RAS axis of its third voxel axis) with a ``"own_plane: ..."`` note, else ``(None, "too_small: ...")``.
+    """
+    from ..transforms.slicing import AXES, RASSlicer, ras_orientation
+
+    shape, space = tuple(volume.shape[1:]), volume.meta.get("space")
+    side = min(RASSlicer(shape, volume.affine, axis, space).slice_shape)
+    if side >= MIN_SLICE_SIDE:
+        return axis, ""
+    perm, _ = ras_orientation(volume.affine, space)
+    own = next(name for name, j in AXES.items() if perm[j] == 2)
+    own_side = RASSlicer(shape, volume.affine, own, space).slice_shape
+    dims = "x".join(map(str, shape))
+    if own != axis and min(own_side) >= MIN_SLICE_SIDE:
+        return own, (f"own_plane: {dims} voxels, {axis} slices would be {side} voxels wide: scored in its own "
+                     f"{own} plane instead")
+    return None, (f"too_small: {dims} voxels: slices of {min(own_side)} voxels or less on a side are too small "
+                  "to score")
+
+
+def _fatal(e: BaseException | None) -> OSError | None:
+    """The OSError in ``e``'s chain that means the output folder cannot be written at all (disk full, quota,
+    read-only, no permission), else None."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _FATAL_ERRNOS:
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def run_with_backoff(runner, volume):
@@ -154,13 +202,44 @@ def write_series(sdir: Path, rec: records.SeriesOutcome, volume, result, *, out:
             rec.status, rec.stage, rec.error = "ok", "", ""
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         rec.status, rec.stage, rec.error = "failed", stage, one_line(e)
+        fatal = _fatal(e)
         log.warning("series %s failed at %s: %s", rec.key, stage, rec.error)
+    else:
+        fatal = None
     rec.seconds = {**seconds, "write": round(time.perf_counter() - t, 3)}
     try:
         records.write_record(sdir, rec)
     except OSError as e:
-        log.error("cannot write the record of series %s in %s: %s", rec.key, sdir, e)
+        log.error("cannot write the record of series %s: %s", rec.key, one_line(e))
+        fatal = fatal or _fatal(e) or e
+    if fatal is not None:
+        raise records.OutputWriteError(out, fatal)
     return rec
+
+
+def _score_one(runner, volume, base: records.SeriesOutcome):
+    """Score one loaded volume (in its own plane when too thin); the result, or None with ``base`` marked."""
+    notes = list(volume.meta.get("warnings") or [])
+    try:
+        axis, note = choose_axis(volume, runner.axis)
+        if axis is None:
+            base.status, base.stage, base.error = "skipped", "score", note
+            return None
+        if note:
+            notes.append(note)
+            runner = copy.copy(runner)  # same detector and settings, another axis for this series only
+            runner.axis = axis
+        result = run_with_backoff(runner, volume)
+    except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
+        base.stage, base.error = "score", one_line(e)
+        log.warning("series %s failed while scoring: %s", base.key, base.error)
+        return None
+    base.warning = "; ".join(notes)
+    if result.n_slices and bool(result.skipped.all()):
+        base.stage, base.error = "score", ("no_signal: every slice is background after intensity scaling (blank, "
+                                           "or values outside the intensity window): nothing to score")
+        return None
+    return result
 
 
 def score_series(series: Sequence[SeriesRecord], out: Path, runner, *, dirs: dict[str, str],
@@ -199,11 +278,7 @@ def score_series(series: Sequence[SeriesRecord], out: Path, runner, *, dirs: dic
             elif error:
                 base.stage, base.error = "load", error
             else:
-                try:
-                    result = run_with_backoff(runner, volume)
-                except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
-                    base.stage, base.error = "score", one_line(e)
-                    log.warning("series %s failed while scoring: %s", record.key, base.error)
+                result = _score_one(runner, volume, base)
             finish(pending)  # keep at most one series in the writer: memory stays bounded
             pending = pool.submit(write_series, out / "series" / dirs[record.key], base, volume, result, out=out,
                                   options=options, stow=gate,

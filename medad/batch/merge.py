@@ -11,21 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..inference import results_row, write_results_csv
+from ..io import DAMAGE_REASONS
 from ..io._atomic import write_text_atomic
 from . import records
 from .plan import Plan
 
-__all__ = ["FAILED_REASONS", "ScoreSummary", "file_entries", "merge", "write_manifest", "write_summary"]
-
-#: Index skip reasons (see :mod:`medad.io.dicom_index`) that mean damaged data rather than "not a volume to score":
-#: such files are reported ``failed`` (and make the exit code non-zero), the others ``skipped``.
-FAILED_REASONS = frozenset({"truncated", "unreadable"})
+__all__ = ["ScoreSummary", "file_entries", "merge", "series_reason", "write_manifest", "write_summary"]
 
 _PENDING = "not scored yet (stopped run or --dry-run): run the same command to score it"
 
@@ -37,11 +35,14 @@ class ScoreSummary:
     Attributes:
         out_dir: the output folder.
         n_files: input files indexed; ``files_by_status``: count per manifest status (scored/skipped/failed/pending).
-        n_series: series found; ``n_selected``: after filters; ``n_filtered``: removed by filters.
-        n_scored: series with an ok record (``n_reused`` of them from an earlier run); ``n_failed``: failed series;
-            ``n_skipped``: series loaded but not scored (label maps).
-        n_files_failed: damaged input files (truncated/unreadable) outside any series.
-        skip_reasons: files not scored (skipped or failed), per reason code.
+        n_series: series found (loadable or rejected at indexing); ``n_selected``: loadable series after the filters;
+            ``n_filtered``: series removed by the filters.
+        n_scored: series with an ok record (``n_reused`` of them from an earlier run; ``n_warned`` of them with a
+            warning, e.g. NaN voxels); ``n_failed``: failed series (damaged data: at indexing, loading, scoring or
+            writing); ``n_skipped``: series that are not something to score (label maps, localizers, non-image
+            objects, projections, ...).
+        n_files_failed: damaged input files (:data:`medad.io.DAMAGE_REASONS`) outside the filtered series.
+        series_reasons: series not scored, per reason code; skip_reasons: files not scored, per reason code.
         failures: ``(series key, error)`` of failed series.
         results_csv, manifest, report: written paths. elapsed_s: wall time of this call.
     """
@@ -57,8 +58,11 @@ class ScoreSummary:
     n_skipped: int = 0
     n_files_failed: int = 0
     n_slices: int = 0
+    n_warned: int = 0
+    n_pending: int = 0
     files_by_status: dict[str, int] = field(default_factory=dict)
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    series_reasons: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     results_csv: Optional[Path] = None
     manifest: Optional[Path] = None
@@ -67,9 +71,25 @@ class ScoreSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every selected series was scored and no input file was damaged, else 1."""
-        done = self.n_scored + self.n_skipped == self.n_selected
-        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and done else 1
+        """0 when every series that could be scored was scored and nothing was damaged (no failed series, no damaged
+        file, nothing pending), else 1."""
+        return 0 if self.n_failed == 0 and self.n_files_failed == 0 and self.n_pending == 0 else 1
+
+    def verdict(self) -> str:
+        """The last line of ``medad score``: the exit code and why."""
+        if self.exit_code == 0:
+            extra = f"; {self.n_skipped} series are not images to score (see results.csv)" if self.n_skipped else ""
+            warned = f" ({self.n_warned} with a warning)" if self.n_warned else ""
+            return f"exit code 0: all {self.n_scored} scorable series scored{warned}{extra}"
+        parts = []
+        if self.n_failed:
+            parts.append(f"{self.n_failed} series failed")
+        if self.n_files_failed:
+            parts.append(f"{self.n_files_failed} input files are damaged")
+        if self.n_pending:
+            parts.append(f"{self.n_pending} series not scored yet (rerun the same command)")
+        return (f"exit code 1: {', '.join(parts)}; {self.n_scored} series scored. See results.csv (error column) and "
+                "manifest.jsonl (reason per file)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -79,9 +99,12 @@ class ScoreSummary:
         """Human summary, several lines."""
         lines = [f"{self.n_files} files, {self.n_series} series ({self.n_filtered} filtered out): "
                  f"{self.n_scored} scored ({self.n_reused} from an earlier run), {self.n_failed} failed, "
-                 f"{self.n_skipped} skipped (label maps); "
+                 f"{self.n_skipped} skipped (not images to score); "
                  f"{self.n_files_failed} damaged files",
                  "files: " + ", ".join(f"{k} {v}" for k, v in sorted(self.files_by_status.items()))]
+        if self.series_reasons:
+            lines.append("series not scored, by reason: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(self.series_reasons.items())))
         if self.skip_reasons:
             lines.append("files not scored, by reason: "
                          + ", ".join(f"{k} {v}" for k, v in sorted(self.skip_reasons.items())))
@@ -97,8 +120,8 @@ def file_entries(index, outcomes: dict[str, records.SeriesOutcome], filtered: di
     """One manifest entry per input file (in the index's walk order).
 
     Statuses: ``scored`` (its series has an ok record), ``failed`` (its series failed, or the file is damaged:
-    :data:`FAILED_REASONS`), ``skipped`` (not part of a volume to score, its series was filtered out, or it is a
-    label map), and ``pending`` (its series has no record: only when a run stopped early).
+    :data:`medad.io.DAMAGE_REASONS`), ``skipped`` (not part of a volume to score, its series was filtered out, or it
+    is a label map), and ``pending`` (its series has no record: only when a run stopped early).
 
     Args:
         index: :class:`medad.io.SeriesIndex`.
@@ -110,8 +133,11 @@ def file_entries(index, outcomes: dict[str, records.SeriesOutcome], filtered: di
     for f in index.files:
         e: dict[str, Any] = {"path": f.path}
         if f.status != "series":
-            e.update(status="failed" if f.reason in FAILED_REASONS else "skipped", reason=f.reason, detail=f.detail,
-                     series_key=None)
+            damaged = f.reason in DAMAGE_REASONS and f.series_key not in filtered
+            e.update(status="failed" if damaged else "skipped", reason=f.reason, detail=f.detail,
+                     series_key=f.series_key)
+            if f.series_key in dirs:
+                e["output_dir"] = f"series/{dirs[f.series_key]}"
         elif f.series_key in filtered:
             e.update(status="skipped", reason="filtered", detail=filtered[f.series_key], series_key=f.series_key)
         else:
@@ -124,11 +150,18 @@ def file_entries(index, outcomes: dict[str, records.SeriesOutcome], filtered: di
                 code, _, detail = o.error.partition(": ")
                 e.update(status="skipped", reason=code, detail=detail, series_key=f.series_key)
             else:
-                e.update(status="failed", reason=f"series_{o.stage or 'error'}", detail=o.error,
-                         series_key=f.series_key)
+                e.update(status="failed", reason=series_reason(o), detail=o.error, series_key=f.series_key)
             e["output_dir"] = f"series/{dirs[f.series_key]}"
         out.append(e)
     return out
+
+
+def series_reason(o: records.SeriesOutcome) -> str:
+    """The reason code of a series not scored: the ``code`` of an ``"code: detail"`` error from medad's own checks
+    (``label_map``, ``non_finite``, ``no_signal``, ...), else ``series_<stage>`` (``series_load``, ``series_score``,
+    ``series_write``, ``series_stow``) for an error raised while loading, scoring or writing."""
+    code = o.error.partition(": ")[0]
+    return code if re.fullmatch(r"[a-z][a-z_]*", code) else f"series_{o.stage or 'error'}"
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> Path:
@@ -145,22 +178,40 @@ def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[record
     """
     outcomes: dict[str, records.SeriesOutcome] = {}
     rows = []
-    for s in plan.index.series:
+    series_reasons: dict[str, int] = {}
+    rejected_keys = {s.key for s in plan.rejected}
+    n_rejected_failed = n_rejected_skipped = n_pending = 0
+    rejected_failures: list[tuple[str, str]] = []
+    for s in sorted((*plan.index.series, *plan.index.rejected), key=_order):
         fields = s.to_dict()
         fields.pop("files", None)
         d = plan.dirs[s.key]
         if s.key in plan.filtered:
             rows.append(results_row(fields, "filtered", error=plan.filtered[s.key], anonymous_key=d))
             continue
+        if s.key in rejected_keys:  # found at indexing but not loadable: its row says why
+            damaged = s.reason in DAMAGE_REASONS
+            n_rejected_failed += damaged
+            n_rejected_skipped += not damaged
+            if damaged:
+                rejected_failures.append((s.key, f"[index] {s.reason}: {s.detail}"))
+            series_reasons[s.reason] = series_reasons.get(s.reason, 0) + 1
+            rows.append(results_row(fields, "failed" if damaged else "skipped", error=f"{s.reason}: {s.detail}",
+                                    anonymous_key=d))
+            continue
         rec = records.read_record(out / "series" / d)
         if rec is not None and rec.fingerprint != plan.fingerprints[s.key]:
             rec = None
         if rec is None:
+            n_pending += 1
             rows.append(results_row(fields, "pending", error=_PENDING, anonymous_key=d))
             continue
         outcomes[s.key] = rec
-        rows.append(results_row(fields, rec.status, scores=rec.scores(), error=rec.error, anonymous_key=d,
-                                output_dir=f"series/{d}"))
+        if not rec.ok:
+            code = series_reason(rec)
+            series_reasons[code] = series_reasons.get(code, 0) + 1
+        rows.append(results_row(fields, rec.status, scores=rec.scores(), error=rec.error or rec.warning,
+                                anonymous_key=d, output_dir=f"series/{d}"))
     results = write_results_csv(out / "results.csv", rows)
     entries = file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
     manifest = write_manifest(out / "manifest.jsonl", entries)
@@ -173,13 +224,22 @@ def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[record
     ok = [o for o in outcomes.values() if o.ok]
     failed = [o for o in outcomes.values() if not o.ok and not o.skipped]
     summary = ScoreSummary(
-        out_dir=out, n_files=len(entries), n_series=len(plan.index.series), n_selected=len(plan.selected),
-        n_filtered=len(plan.filtered), n_scored=len(ok), n_reused=len(plan.selected) - n_todo, n_failed=len(failed),
-        n_skipped=sum(1 for o in outcomes.values() if o.skipped),
-        n_files_failed=sum(1 for f in plan.index.files if f.status != "series" and f.reason in FAILED_REASONS),
-        n_slices=sum(o.n_slices for o in ok), files_by_status=by_status, skip_reasons=reasons,
-        failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed], results_csv=results, manifest=manifest)
+        out_dir=out, n_files=len(entries), n_series=len(plan.index.series) + len(plan.index.rejected),
+        n_selected=len(plan.selected), n_filtered=len(plan.filtered), n_scored=len(ok),
+        n_reused=len(plan.selected) - n_todo, n_failed=len(failed) + n_rejected_failed,
+        n_skipped=sum(1 for o in outcomes.values() if o.skipped) + n_rejected_skipped,
+        n_files_failed=sum(1 for e in entries if e["status"] == "failed" and e.get("reason") in DAMAGE_REASONS),
+        n_slices=sum(o.n_slices for o in ok), n_warned=sum(1 for o in ok if o.warning), n_pending=n_pending,
+        files_by_status=by_status, skip_reasons=reasons, series_reasons=series_reasons,
+        failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed] + rejected_failures, results_csv=results,
+        manifest=manifest)
     return summary, [outcomes[s.key] for s in plan.selected if s.key in outcomes]
+
+
+def _order(r) -> tuple:
+    """Rows in index order: DICOM before files, then study, series number, key."""
+    return (r.kind not in ("dicom", "dicom-multiframe"), r.study_uid,
+            r.series_number if r.series_number is not None else 1 << 30, r.key)
 
 
 def write_summary(summary: ScoreSummary) -> Path:

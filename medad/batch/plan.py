@@ -1,9 +1,11 @@
 """Step 1-2 of ``medad score``: index the inputs, select series, and plan what is left to score.
 
-:func:`make_plan` indexes every file (:func:`medad.io.find_series`, header-only reads), applies the filters
-(:func:`select_series`: filtered series are reported, not dropped silently), and compares each selected series with its
-``record.json`` (:mod:`medad.batch.records`): a series whose record is ``ok`` (or ``skipped``) and was made from the
-same input files with the same settings is done; the others are in :attr:`Plan.todo`.
+:func:`make_plan` indexes every file (:func:`medad.io.find_series`: header-only reads in worker processes; ``exclude``
+patterns are applied before any file is opened and the output folder is not walked), applies the filters
+(:func:`select_series`: filtered series are reported, not dropped silently) to the loadable and to the rejected
+series (series found that cannot be loaded: each keeps its row with its reason), and compares each selected loadable
+series with its ``record.json`` (:mod:`medad.batch.records`): a series whose record is ``ok`` (or ``skipped``) and was
+made from the same input files with the same settings is done; the others are in :attr:`Plan.todo`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Plan:
 
     Attributes:
         index: the :class:`medad.io.SeriesIndex` of the inputs (the output folder's own files left out).
-        selected: series kept by the filters; ``filtered``: series key -> why it was filtered out.
+        selected: loadable series kept by the filters; ``filtered``: series key -> why it was filtered out (loadable
+            or rejected series); ``rejected``: rejected series kept by the filters (rows with their index reason).
         dirs: series key -> folder name under ``OUT/series``; ``fingerprints``: series key -> record fingerprint.
         todo: keys of the selected series still to score. error: why the run cannot start ("" if it can).
     """
@@ -44,6 +47,7 @@ class Plan:
     fingerprints: dict[str, str] = field(default_factory=dict)
     todo: list[str] = field(default_factory=list)
     error: str = ""
+    rejected: list[SeriesRecord] = field(default_factory=list)
 
     def todo_series(self) -> list[SeriesRecord]:
         by_key = {s.key: s for s in self.selected}
@@ -67,7 +71,8 @@ def select_series(series: Sequence[SeriesRecord], modality=None, body_part=None,
         body_part: BodyPartExamined values, as ``modality``.
         series_description: regular expression searched (case-insensitive) in SeriesDescription.
         exclude: glob patterns (``"*mask*"``, ``"*/derived/*"``) matched against each file's path and name; a
-            series whose files all match is filtered out (e.g. label maps stored next to NIfTI images).
+            series whose files all match is filtered out. :func:`make_plan` applies them earlier, in the walk, so
+            matching files are never opened.
     """
     mods, parts = _split_list(modality), _split_list(body_part)
     rx = re.compile(series_description, re.I) if series_description else None
@@ -99,25 +104,33 @@ def _without_outputs(index: SeriesIndex, out: Path) -> SeriesIndex:
         return index
     log.info("ignoring %d files inside the output folder %s", len(inside), out)
     return SeriesIndex(series=[s for s in index.series if not all(f in inside for f in s.files)],
-                       files=[f for f in index.files if f.path not in inside])
+                       files=[f for f in index.files if f.path not in inside],
+                       rejected=[s for s in index.rejected if not all(f in inside for f in s.files)])
 
 
 def make_plan(inputs: Sequence[str], out: Path, config: dict, *, modality=None, body_part=None,
               series_description: Optional[str] = None, exclude: Optional[Sequence[str]] = None,
               overwrite: bool = False, retry_failed: bool = True, stow: Optional[str] = None,
-              progress: bool = True) -> Plan:
+              progress: bool = True, index_workers: Optional[int] = None) -> Plan:
     """Check ``out`` against the run settings (``run.json``), index ``inputs``, filter, and list what is left to do.
 
     Raises:
         records.RunConfigError: ``out`` holds results of other settings (and not ``overwrite``).
         FileNotFoundError: an input does not exist. re.error: a bad ``series_description`` pattern.
     """
+    if series_description:
+        re.compile(series_description)  # a bad pattern fails before a long indexing run
     records.check_run_config(out, config, overwrite)  # before indexing: a big export takes a while to index
     records.remove_stale_temporaries(out)
-    index = _without_outputs(find_series(inputs, progress=progress), out)
-    selected, filtered = select_series(index.series, modality, body_part, series_description, exclude)
+    pats = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    index = _without_outputs(find_series(inputs, progress=progress, exclude=pats, prune=[out],
+                                         workers=index_workers), out)
+    selected, filtered = select_series(index.series, modality, body_part, series_description)
+    rejected, filtered_rejected = select_series(index.rejected, modality, body_part, series_description)
+    filtered.update(filtered_rejected)
     digest = records.config_hash(config)
-    dirs = {s.key: records.series_dir_name(s.key, s.modality, s.series_number) for s in index.series}
+    dirs = {s.key: records.series_dir_name(s.key, s.modality, s.series_number)
+            for s in (*index.series, *index.rejected)}
     fps = {s.key: records.series_fingerprint(s.files, digest) for s in selected}
     todo = []
     for s in selected:
@@ -127,4 +140,4 @@ def make_plan(inputs: Sequence[str], out: Path, config: dict, *, modality=None, 
             done = False  # scored before, but not sent to this server yet
         if not done:
             todo.append(s.key)
-    return Plan(index, selected, filtered, dirs, fps, todo)
+    return Plan(index, selected, filtered, dirs, fps, todo, rejected=rejected)

@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 from ..io._atomic import write_text_atomic
 
-__all__ = ["RECORD_NAME", "SeriesOutcome", "OutputBusyError", "RunConfigError", "acquire_run_lock",
+__all__ = ["RECORD_NAME", "SeriesOutcome", "OutputBusyError", "OutputWriteError", "RunConfigError",
+           "acquire_run_lock",
            "check_run_config", "config_hash", "read_record", "release_run_lock", "remove_stale_temporaries",
            "run_config", "series_dir_name", "series_fingerprint", "write_record"]
 
@@ -54,7 +55,10 @@ class SeriesOutcome:
         dir: folder name under ``OUT/series``.
         status: ``"ok"``, ``"failed"`` or ``"skipped"`` (loaded but not something to score, e.g. a label map).
         stage: where it failed or was skipped: ``"load"``, ``"score"``, ``"write"``, ``"stow"`` (empty when ok).
-        error: one-line reason (no patient identifiers); for ``skipped``, ``"<reason code>: <detail>"``.
+        error: one-line reason (no patient identifiers); for ``skipped`` and for medad's own checks,
+            ``"<reason code>: <detail>"``.
+        warning: for an ``ok`` series scored with a caveat (``"non_finite: ..."``: NaN/Inf voxels set to the volume
+            minimum; ``"own_plane: ..."``: too thin along the requested axis, scored in its acquisition plane).
         fingerprint: :func:`series_fingerprint` of the inputs + settings the record was made with.
         series: identifying fields of the source series (UIDs, modality, description, ...).
         n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
@@ -72,6 +76,7 @@ class SeriesOutcome:
     series: dict[str, Any]
     stage: str = ""
     error: str = ""
+    warning: str = ""
     n_slices: int = 0
     volume_score: Optional[float] = None
     top_slices: list[int] = field(default_factory=list)
@@ -158,6 +163,21 @@ def remove_stale_temporaries(out_dir: str | os.PathLike) -> int:
                     os.unlink(os.path.join(root, name))
                     n += 1
     return n
+
+
+class OutputWriteError(RuntimeError):
+    """The output folder cannot be written (disk full, quota, read-only file system, no permission): the run stops.
+
+    Series finished before stay done (their records are complete); rerunning the same command once there is space
+    scores the rest and writes the tables.
+    """
+
+    def __init__(self, out, cause: OSError | None = None, what: str = "outputs"):
+        why = f"{os.strerror(cause.errno)} (errno {cause.errno})" if cause is not None and cause.errno else (
+            str(cause) if cause is not None else "unknown error")
+        super().__init__(f"cannot write the {what} to {out}: {why}. Series finished so far are kept; free space "
+                         "(or fix the permissions) and rerun the same command to finish the job.")
+        self.cause = cause
 
 
 class OutputBusyError(RuntimeError):

@@ -1,8 +1,9 @@
 """``medad score INPUT... --out DIR``: score every series of a PACS export (resumable, accountable, distributed).
 
-See :mod:`medad.batch`. Exit code: 0 when every selected series was scored and no input file was damaged,
-1 when some series or files failed (the summary and ``results.csv``/``manifest.jsonl`` say which and why), 2 for
-usage errors (bad arguments, an output folder made with other settings).
+See :mod:`medad.batch`. Exit code: 0 when every series that could be scored was scored and no input was damaged,
+1 when some series or files failed or the output folder filled up during the run (the summary and
+``results.csv``/``manifest.jsonl`` say which and why; rerun to finish), 2 for usage errors (bad arguments, ``--out``
+a file or not writable, an output folder made with other settings).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import ScoreConfigError, score
+    from ..batch import OutputWriteError, ScoreConfigError, score
 
     try:
         summary = score(
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     except (ScoreConfigError, FileNotFoundError, ValueError) as e:
         print(f"medad score: error: {e}", file=sys.stderr)
         return 2
+    except OutputWriteError as e:
+        print(f"medad score: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"medad score: interrupted; finished series are kept in {args.out}. Rerun the same command to score "
               "the rest.", file=sys.stderr)
@@ -88,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if main:
         print(summary.text())
-        print(f"exit code {summary.exit_code}: "
-              + ("all series scored" if summary.exit_code == 0 else
-                 f"{summary.n_failed} series and {summary.n_files_failed} files failed"))
+        print(summary.verdict())
     from ..training.distributed import cleanup
 
     cleanup()

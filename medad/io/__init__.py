@@ -27,6 +27,7 @@ _EXPORTS = {
                 "metatensor_from_hd_volume", "read_image_geometry", "read_nifti"),
     "writers": ("heat_colormap", "save_itk_image", "save_nifti", "save_overlay_png"),
     "_atomic": ("atomic_path", "write_text_atomic"),
+    "_header": ("clean_message",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -48,6 +49,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are loaded on first use
     from ._atomic import atomic_path, write_text_atomic
+    from ._header import clean_message
     from .dicom_index import (DAMAGE_REASONS, IMAGE_FILE_SUFFIXES, REASONS, FileRecord, SeriesIndex, SeriesRecord,
                               find_series, is_image_file)
     from .dicom_outputs import write_parametric_map, write_segmentation

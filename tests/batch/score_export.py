@@ -124,7 +124,10 @@ EXPECTED = {
 }
 
 N_FILES = 39
-N_SERIES = 7      # 5 scored, 1 failed (corrupt pixels), 1 skipped (label map)
+N_SERIES = 7      # loadable: 5 scored, 1 failed (corrupt pixels), 1 skipped (label map)
+#: rows of results.csv: every series found, loadable or not: (status, reason code at the start of the error column)
+ROWS = sorted([("ok", "")] * 5 + [("failed", "SeriesLoadError"), ("skipped", "label_map"), ("skipped", "localizer"),
+                                  ("skipped", "non_image"), ("failed", "truncated"), ("skipped", "no_pixel_data")])
 
 
 def expected_for(rel: str) -> tuple[str, str]:

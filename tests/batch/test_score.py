@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from score_export import N_FILES, N_SERIES, expected_for, make_messy_export
+from score_export import N_FILES, N_SERIES, ROWS, expected_for, make_messy_export
 
 from medad.batch import ScoreConfigError, score
 from medad.batch.records import acquire_run_lock, release_run_lock
@@ -56,12 +56,11 @@ def test_every_file_accounted_for_with_the_right_status(export, scored):
 def test_results_for_the_good_series_and_failures_reported(export, scored):
     out, summary = scored
     rows = _results(out)
-    assert len(rows) == N_SERIES
+    assert sorted((r["status"], r["error"].partition(":")[0]) for r in rows) == ROWS
+    assert summary.n_series == len(ROWS) and summary.n_selected == N_SERIES  # every series found has its row
     by_desc = {r["series_description"]: r for r in rows}
-    assert {d: r["status"] for d, r in by_desc.items()} == {
-        "Head CT": "ok", "Head CT thin": "ok", "FLAIR": "ok", "Head CT RLE": "ok", "Corrupt pixels": "failed",
-        "flair.nii.gz": "ok", "flair_mask.nii.gz": "skipped"}
-    assert by_desc["flair_mask.nii.gz"]["error"].startswith("label_map: holds only the integer values {0, 1}")
+    mask = next(r for r in rows if r["error"].startswith("label_map"))
+    assert mask["error"].startswith("label_map: holds only the integer values {0, 1}")
     assert "SeriesLoadError" in by_desc["Corrupt pixels"]["error"] and by_desc["Corrupt pixels"]["volume_score"] == ""
     assert by_desc["FLAIR"]["modality"] == "MR"
     for r in rows:
@@ -70,6 +69,7 @@ def test_results_for_the_good_series_and_failures_reported(export, scored):
         tops = [int(k) for k in r["top_slices"].split()]
         n = int(r["slices"])
         assert n == {"Head CT": 8}.get(r["series_description"], 6)
+        assert r["error"] == ""  # no warning: finite, thick enough
         assert 1 <= len(tops) <= 5 and all(0 <= k < n for k in tops)
         assert 0.0 <= float(r["volume_score"]) <= 1.0
         sdir = out / r["output_dir"]
@@ -79,9 +79,10 @@ def test_results_for_the_good_series_and_failures_reported(export, scored):
         assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
         assert sorted(p.name for p in sdir.glob("top*.png")) == sorted(
             f"top{i}_slice{k:04d}.png" for i, k in enumerate(tops[:3], start=1))
-    assert (summary.n_scored, summary.n_failed, summary.n_skipped, summary.n_files_failed) == (5, 1, 1, 1)
-    assert summary.exit_code == 1
-    assert [k for k, _ in summary.failures] == [by_desc["Corrupt pixels"]["series_key"]]
+    assert (summary.n_scored, summary.n_failed, summary.n_skipped, summary.n_files_failed) == (5, 2, 4, 1)
+    assert summary.exit_code == 1 and summary.verdict().startswith("exit code 1: 2 series failed, 1 input files")
+    truncated = next(r for r in rows if r["error"].startswith("truncated"))
+    assert [k for k, _ in summary.failures] == [by_desc["Corrupt pixels"]["series_key"], truncated["series_key"]]
 
 
 def test_no_patient_identifiers_in_tables_and_report(scored):
@@ -110,9 +111,10 @@ def test_rerun_reuses_done_series_and_changes_nothing(export, scored, tiny_detec
 def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     out = tmp_path / "mr"
     s = score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr")
-    assert (s.n_selected, s.n_scored, s.n_filtered, s.exit_code) == (1, 1, 6, 1)  # exit 1: the truncated file
+    # exit 0: the damaged files belong to CT series, which were filtered out
+    assert (s.n_selected, s.n_scored, s.n_filtered, s.exit_code) == (1, 1, 10, 0)
     rows = _results(out)
-    assert sorted(r["status"] for r in rows) == ["filtered"] * 6 + ["ok"]
+    assert sorted(r["status"] for r in rows) == ["filtered"] * 10 + ["ok"]
     filtered = [e for e in _manifest(out) if e["reason"] == "filtered"]
     assert len(filtered) == 8 + 6 + 6 + 5 + 1 + 1 and all("modality" in e["detail"] for e in filtered)
     s = score([export], tmp_path / "desc", detector=tiny_detector, workers=0, progress=False,
@@ -120,7 +122,9 @@ def test_filters_and_settings_guard(export, scored, tiny_detector, tmp_path):
     assert s.n_selected == 1
     s = score([export], tmp_path / "excl", detector=tiny_detector, workers=0, progress=False,
               exclude=["*/study1/*", "C0*.dcm", "*/nifti/*"])
-    assert (s.n_selected, s.n_scored, s.n_failed) == (1, 1, 0)  # only the RLE series is left
+    assert (s.n_selected, s.n_scored, s.n_failed) == (1, 1, 1)  # the RLE series is left (+ the truncated file's row)
+    excluded = [e for e in _manifest(tmp_path / "excl") if e["reason"] == "excluded"]  # never opened, accounted for
+    assert len(excluded) == 24 + 5 + 2 and all("matches --exclude" in e["detail"] for e in excluded)
     with pytest.raises(ScoreConfigError, match="other settings"):
         score([export], out, detector=tiny_detector, workers=0, progress=False, modality="mr", top_k=2)
     for reused in (0, 1):  # --overwrite rescores with the new settings; the same command again resumes
@@ -144,7 +148,8 @@ def test_dry_run_plans_without_scoring(export, tiny_detector, tmp_path):
     assert not (out / "series").exists()
     statuses = {e["status"] for e in _manifest(out)}
     assert statuses == {"pending", "skipped", "failed"}  # failed: the truncated file
-    assert {r["status"] for r in _results(out)} == {"pending"}
+    assert {r["status"] for r in _results(out)} == {"pending", "skipped", "failed"}  # rejected at indexing: known
+    assert {r["status"] for r in _results(out) if r["error"].startswith("not scored yet")} == {"pending"}
 
 
 

@@ -38,12 +38,12 @@ def test_stow_pm_and_seg_to_orthanc_and_retry_after_failure(export, orthanc, tin
     out = tmp_path / "out"
     wrong = f"{orthanc.url}/no-dicomweb-here"  # the server answers 404
     s = score([export], out, detector=tiny_detector, workers=0, progress=False, exclude=["*/nifti/*"], stow=wrong)
-    assert s.n_scored == 0 and s.n_failed == 5 and s.exit_code == 1
-    assert sorted(k.split("]")[0] for _, k in s.failures) == ["[load"] + ["[stow"] * 4
+    assert s.n_scored == 0 and s.n_failed == 6 and s.exit_code == 1  # 5 not sent + the truncated file
+    assert sorted(k.split("]")[0] for _, k in s.failures) == ["[index", "[load"] + ["[stow"] * 4
     assert orthanc.get("/instances") == []
 
     s = score([export], out, detector=tiny_detector, workers=0, progress=False, exclude=["*/nifti/*"], stow=orthanc.dicomweb)
-    assert (s.n_scored, s.n_failed, s.n_reused) == (4, 1, 0)
+    assert (s.n_scored, s.n_failed, s.n_reused) == (4, 2, 0)
     assert len(orthanc.get("/instances")) == 8  # one PM + one SEG per scored DICOM series
     recs = [json.loads(p.read_text()) for p in out.glob("series/*/record.json")]
     ok = [r for r in recs if r["status"] == "ok"]

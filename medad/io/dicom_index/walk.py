@@ -3,7 +3,8 @@
 :func:`walk` visits folders with an explicit stack (any depth: no ``os.walk`` recursion limit), in sorted order
 (a folder's files, then its sub-folders), and decides from ``stat`` alone, before any file is opened:
 
-- ``excluded``: the path or name matches an ``exclude`` glob (a matching folder is not entered at all);
+- ``excluded``: the path or name matches an ``exclude`` glob (in a matching folder, every path is listed as
+  ``excluded`` without being opened or stat-ed);
 - ``not_regular_file``: a named pipe (FIFO), socket or device: opening a FIFO would block forever;
 - ``broken_link``: a symbolic link to nothing;
 - ``duplicate_file``: the same file (device + inode) reached a second time, through a symbolic link, a hard link or
@@ -103,7 +104,7 @@ def walk(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude
         else:
             out.append(Candidate(path, int(st.st_size)))
 
-    stack: list[str] = []
+    stack: list[tuple[str, str | None]] = []
     for item in inputs:
         path = os.path.abspath(os.fspath(item))
         try:
@@ -114,7 +115,7 @@ def walk(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude
             file(path, None, e)
             continue
         if stat.S_ISDIR(st.st_mode):
-            stack.append(path)
+            stack.append((path, None))
             _walk_dirs(stack, recursive, patterns, pruned, seen_dirs, out, file, reported)
         elif (hit := _matches(path, patterns)) is not None:
             out.append(Skip(path, "excluded", f"matches --exclude {hit!r}"))
@@ -123,11 +124,14 @@ def walk(inputs: Iterable[str | os.PathLike], *, recursive: bool = True, exclude
     return out
 
 
-def _walk_dirs(stack: list[str], recursive: bool, patterns: Sequence[str], pruned: set, seen_dirs: dict,
-               out: list, file, reported: set) -> None:
-    """Depth-first over ``stack`` without recursion: a folder's files (sorted), then its sub-folders (sorted)."""
+def _walk_dirs(stack: list[tuple[str, str | None]], recursive: bool, patterns: Sequence[str], pruned: set,
+               seen_dirs: dict, out: list, file, reported: set) -> None:
+    """Depth-first over ``stack`` without recursion: a folder's files (sorted), then its sub-folders (sorted).
+
+    Stack items are ``(folder, pattern)``: ``pattern`` is the exclude pattern the folder matched (everything under
+    it is then listed as excluded), or None."""
     while stack:
-        folder = stack.pop()
+        folder, excluded_by = stack.pop()
         try:
             st = os.stat(folder)
             key = (st.st_dev, st.st_ino)
@@ -155,15 +159,15 @@ def _walk_dirs(stack: list[str], recursive: bool, patterns: Sequence[str], prune
                 is_dir = entry.is_dir()  # follows links
             except OSError:
                 is_dir = False
-            if (hit := _matches(path, patterns)) is not None:
-                if path not in reported:
-                    reported.add(path)
-                    out.append(Skip(path, "excluded", f"matches --exclude {hit!r}"
-                                    + (" (folder not entered)" if is_dir else "")))
-                continue
+            hit = excluded_by or _matches(path, patterns)
             if is_dir:
                 if recursive:
-                    subdirs.append(path)
+                    subdirs.append((path, hit))
+                continue
+            if hit is not None:
+                if path not in reported:
+                    reported.add(path)
+                    out.append(Skip(path, "excluded", f"matches --exclude {hit!r}"))
                 continue
             try:
                 st = entry.stat() if not entry.is_symlink() else os.stat(path)
