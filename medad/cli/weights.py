@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import weights as W
-
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="manage CLIP backbone weight files (SHA-256 verified, offline cache)",
@@ -27,6 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import weights as W  # torch: imported only when the command runs (``medad --help`` stays fast)
+
     try:
         if args.action == "import":
             dest = W.import_weights(args.file, args.sha256)
