@@ -71,7 +71,7 @@ def label_map_reason(volume, kind: str) -> str:
         return ""
     n = values.numel()
     shown = ", ".join(f"{v:g}" for v in values[:12].tolist()) + (", ..." if n > 12 else "")
-    return (f"label_map: holds only the integer values {{{shown}}} ({n} values): a label/mask volume or atlas, not an "
+    return (f"label_map: holds only the integer values {{{shown}}} ({n} values): a label or mask volume or an atlas, not an "
             "image to score")
 
 
@@ -83,8 +83,8 @@ def check_values(volume, kind: str) -> str:
     bad = ~torch.isfinite(t)
     n_bad, n = int(bad.sum()), t.numel()
     if n_bad == n:
-        return (f"non_finite: all {n} voxels are NaN or infinite (damaged data, or a RescaleSlope/scl_slope of "
-                "inf/nan): nothing to score")
+        return (f"non_finite: all {n} voxels are NaN or infinite (damaged data, or a RescaleSlope or scl_slope of "
+                "inf or nan): nothing to score")
     if n_bad:
         low = float(t[~bad].min())
         t[bad] = low
@@ -181,8 +181,8 @@ class SeriesLoader:
                     raise
                 del it
                 remaining = remaining[got:]
-                log.warning("a decoding process died (%s); retrying series %s alone, then %d more",
-                            " ".join(str(e).split())[:200], self.records[remaining[0]].key, len(remaining) - 1)
+                log.warning("a decoding process died (%s); retrying the next series alone, then %d more",
+                            " ".join(str(e).split())[:200], len(remaining) - 1)
                 yield self._alone(remaining.pop(0))
 
 

@@ -152,10 +152,10 @@ def read_header(path: str):
                 ds = pydicom.dcmread(fp, stop_before_pixels=True)
             except InvalidDicomError:
                 if not _raw_dicom_start(fp):
-                    return None, ("not_dicom", f"not DICOM and not a NIfTI/NRRD/MHA image: {_what_is(fp)}")
+                    return None, ("not_dicom", f"not DICOM and not a NIfTI, NRRD or MHA image: {_what_is(fp)}")
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
                 if "SOPClassUID" not in ds:
-                    return None, ("not_dicom", f"not DICOM and not a NIfTI/NRRD/MHA image: {_what_is(fp)}")
+                    return None, ("not_dicom", f"not DICOM and not a NIfTI, NRRD or MHA image: {_what_is(fp)}")
             meta = getattr(ds, "file_meta", None) or {}
             meta_sop = str(meta.get("MediaStorageSOPClassUID", ""))
             if meta_sop == "1.2.840.10008.1.3.10" or "DirectoryRecordSequence" in ds:
@@ -171,7 +171,7 @@ def read_header(path: str):
                 return ds, ("non_image", f"{what} ({ds.get('Modality', '?') or '?'})")
             bad = _pixel_data_check(fp, ds, size)
             if bad is None and not all(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
-                bad = ("unreadable", "image with Pixel Data but without Rows/Columns/BitsAllocated")
+                bad = ("unreadable", "image with Pixel Data but without Rows, Columns or BitsAllocated")
     except (EOFError, struct.error) as e:
         return None, ("truncated", f"file ends inside the DICOM header ({type(e).__name__})")
     except Exception as e:  # noqa: BLE001 - one bad file must not stop the index

@@ -13,12 +13,15 @@ Rules:
   skips the others as ``duplicate_instance``; different content rejects the whole candidate volume as
   ``conflicting_duplicates`` (which copy is right is unknown).
 - Files skipped for a reason of their own (non-image objects, localizers, projections, ...) whose series has no
-  candidate volume are gathered per (series, reason) into one rejected record each, so the series has its row.
+  candidate volume are gathered per (series, reason) into one rejected record each, so the series has its row;
+  UID-less images (``missing_uid``) per folder (keyed ``nouid-<hash of the folder>``: no path in the key).
 """
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -43,7 +46,7 @@ def _same_content(a: str, b: str) -> bool:
         da, db = dcmread_any(a), dcmread_any(b)
         same = [da.get(k) == db.get(k) for k in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
                                                   "RescaleSlope", "RescaleIntercept", "NumberOfFrames")]
-        return all(same) and bytes(da.PixelData) == bytes(db.PixelData)
+        return all(same) and np.array_equal(da.pixel_array, db.pixel_array)  # any encoding, same pixels
     except Exception:  # noqa: BLE001 - unreadable copies are not "the same"
         return False
 
@@ -167,8 +170,8 @@ def _single_frames(headers: list[Header], conflicts: set[str]) -> dict[str, list
         split, ok = _split_duplicates(entries)
         if not ok:
             out[gkey[1]].append((", ".join(base), sorted(entries, key=lambda e: (e["z"], e["h"].path)), (
-                "duplicate_positions", "several slices at one position and no AcquisitionNumber/EchoNumbers/"
-                                       "TemporalPositionIdentifier/TriggerTime/DiffusionBValue/ImageType separates "
+                "duplicate_positions", "several slices at one position and no AcquisitionNumber, EchoNumbers, "
+                                       "TemporalPositionIdentifier, TriggerTime, DiffusionBValue or ImageType separates "
                                        "them (4D or merged series)")))
             continue
         for label, es in split:
@@ -227,6 +230,10 @@ def group(headers: list[Header], include_image_files: bool = True) -> tuple[list
             continue
         if h.reason and h.series and h.series not in have:
             orphans[(h.series, h.reason)].append(h)
+        elif h.reason == "missing_uid":  # one row per folder of UID-less images
+            folder = os.path.dirname(h.path)
+            orphans[("nouid-" + hashlib.sha1(folder.encode("utf-8", "surrogateescape")).hexdigest()[:16],
+                     h.reason)].append(h)
         else:
             status[h.path] = FileRecord(h.path, "skipped", h.reason, h.detail)
     reasons_per_uid: dict[str, int] = defaultdict(int)

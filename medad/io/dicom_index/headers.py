@@ -368,8 +368,8 @@ def classify(h: Header, values: dict) -> tuple[str, str] | None:
     """Why an image file with complete pixel data is not a slice of a volume to score, or None."""
     image_type = [t.upper() for t in values.get("ImageType") or ()]
     if is_localizer_values(values):
-        shown = "\\".join(image_type) or "-"
-        return "localizer", f"localizer/scout image (ImageType {shown})"
+        shown = " ".join(image_type) or "-"
+        return "localizer", f"localizer or scout image (ImageType {shown})"
     if h.modality.upper() in _PROJECTION_MODALITIES:
         return "projection", (f"{_PROJECTION_MODALITIES[h.modality.upper()]} ({h.modality}): a 2D projection image, "
                               "not a cross-sectional volume")
@@ -384,13 +384,13 @@ def classify(h: Header, values: dict) -> tuple[str, str] | None:
     if h.multiframe:
         return None  # geometry from the functional groups, checked when loading
     if h.frames > 1:
-        return "unsupported", "multi-frame object without functional-group geometry (cine/NM/US)"
+        return "unsupported", "multi-frame object without functional-group geometry (cine, NM or US)"
     spp = _int(values.get("SamplesPerPixel"), 1)
     if spp != 1:
         pi = (values.get("PhotometricInterpretation") or ("?",))[0]
         return "unsupported", f"colour image ({pi}, {spp} samples per pixel): only grayscale volumes are scored"
     if h.iop is None or h.ipp is None or h.spacing is None:
-        return "no_geometry", ("no ImagePositionPatient/ImageOrientationPatient/PixelSpacing: not part of a volume "
+        return "no_geometry", ("no ImagePositionPatient, ImageOrientationPatient or PixelSpacing: not part of a volume "
                                "(2D image or secondary capture)")
     return bad_geometry(h.iop, h.ipp, h.spacing)
 
@@ -402,9 +402,9 @@ def bad_geometry(iop, ipp, spacing) -> tuple[str, str] | None:
     r, c = iop[:3], iop[3:]
     dot = r[0] * c[0] + r[1] * c[1] + r[2] * c[2]
     if abs(math.hypot(*r) - 1) > _UNIT_TOL or abs(math.hypot(*c) - 1) > _UNIT_TOL or abs(dot) > _UNIT_TOL:
-        shown = "\\".join(f"{v:g}" for v in iop)
-        return "bad_geometry", (f"ImageOrientationPatient {shown} is degenerate (row and column directions must be "
+        shown = ", ".join(f"{v:g}" for v in iop)
+        return "bad_geometry", (f"ImageOrientationPatient ({shown}) is degenerate (row and column directions must be "
                                 "orthogonal unit vectors): the slice plane is undefined")
     if min(spacing) <= 0:
-        return "bad_geometry", f"PixelSpacing {spacing[0]:g}\\{spacing[1]:g} is not positive"
+        return "bad_geometry", f"PixelSpacing ({spacing[0]:g}, {spacing[1]:g}) is not positive"
     return None

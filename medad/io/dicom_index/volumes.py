@@ -76,10 +76,10 @@ def _nifti(path: str, size: int) -> tuple[tuple, tuple[str, str] | None]:
     if (big := too_large(vox)) is not None:
         return vox, big
     if _singular(img.affine):
-        return vox, ("bad_geometry", "the NIfTI affine (sform/qform) is singular: a zero voxel size or collinear "
+        return vox, ("bad_geometry", "the NIfTI affine (sform or qform) is singular: a zero voxel size or collinear "
                                      "axes; fix the header (e.g. pixdim) before scoring")
     if int(hdr.get("intent_code", 0)) == _NIFTI_INTENT_LABEL:
-        return vox, ("label_map", "NIfTI intent 'label': a label/mask volume, not an image to score")
+        return vox, ("label_map", "NIfTI intent 'label': a label or mask volume, not an image to score")
     return vox, None
 
 
@@ -133,7 +133,7 @@ def _itk(path: str, size: int) -> tuple[tuple, tuple[str, str] | None, tuple]:
     channels = int(fields.get("elementnumberofchannels", "1") or 1)
     vox = shape[:3] + (1,) * (3 - len(shape[:3])) if shape else ()
     if channels != 1:
-        return vox, ("unsupported", f"{channels} components per voxel (colour/vector): only grayscale volumes are "
+        return vox, ("unsupported", f"{channels} components per voxel (colour or vector): only grayscale volumes are "
                                     "scored"), data_files
     if vox and (big := too_large(vox)) is not None:
         return vox, big, data_files
@@ -155,14 +155,14 @@ def _itk(path: str, size: int) -> tuple[tuple, tuple[str, str] | None, tuple]:
     shape = tuple(int(s) for s in reader.GetSize())
     vox = shape[:3] + (1,) * (3 - len(shape[:3]))
     if reader.GetNumberOfComponents() != 1:
-        return vox, ("unsupported", "colour/vector voxels: only grayscale volumes are scored"), data_files
+        return vox, ("unsupported", "colour or vector voxels: only grayscale volumes are scored"), data_files
     dim = len(shape)
     direction = np.eye(3)
     direction[:dim, :dim] = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
     spacing = np.ones(3)
     spacing[:dim] = np.asarray(reader.GetSpacing())[:3]
     if _singular(np.pad(direction * spacing, ((0, 1), (0, 1)))):
-        return vox, ("bad_geometry", "the image's spacing/direction is singular (a zero spacing or collinear axes)"), \
+        return vox, ("bad_geometry", "the image's spacing or direction is singular (a zero spacing or collinear axes)"), \
             data_files
     return vox, too_large(vox), data_files
 
