@@ -96,6 +96,7 @@ def score(
     series_description: Optional[str] = None,
     exclude: Optional[Sequence[str]] = None,
     dicom_out: bool = False,
+    pm: str = "float",
     stow: Optional[str] = None,
     workers: Optional[int] = None,
     device: Optional[str] = None,
@@ -111,6 +112,7 @@ def score(
     dry_run: bool = False,
     detector=None,
     index_workers: Optional[int] = None,
+    show_paths: bool = False,
 ) -> ScoreSummary:
     """Score every series under ``inputs`` into ``out_dir`` (resumable; see the module docstring).
 
@@ -122,6 +124,8 @@ def score(
         modality, body_part: keep only these (``"CT"``, ``"CT,MR"``); series_description: regex to keep;
             exclude: glob patterns of files not to score (e.g. ``["*mask*"]``), see :func:`medad.batch.plan.select_series`.
         dicom_out: also write a DICOM Parametric Map and a BINARY SEG per DICOM series.
+        pm: the Parametric Map: ``"float"`` (float32), ``"integer"`` (uint16 + Real World Value Mapping, for PACS
+            and viewers without float pixels) or ``"both"``.
         stow: DICOMweb root URL: send the PM and SEG there (implies ``dicom_out``).
         workers: decoding processes (0 = decode in the main process); default half the CPUs, at most 4.
         device: ``"cpu"``, ``"cuda"``; default CUDA when available (``cuda:LOCAL_RANK`` under torchrun).
@@ -133,6 +137,8 @@ def score(
         retry_failed: rescore series whose earlier record is ``failed`` (default); False keeps them failed.
         progress: tqdm bars for indexing and for series.
         dry_run: index and plan only: the tables list the series still to score as ``pending``.
+        show_paths: name non-DICOM inputs by path and keep file/folder names in errors in ``results.csv``,
+            ``report.html``, ``summary.json`` (by default they are anonymous: exports name folders after patients).
         detector: an already built detector (then ``adapters``/``backbone``/... are ignored).
         index_workers: header-reading processes for indexing (default: the CPU count, at most 8; exports under 2,000
             files are indexed in this process).
@@ -166,8 +172,8 @@ def score(
     runner = VolumeRunner(detector, batch_size=batch_size or default_batch_size(dev, detector), axis=axis,
                           intensity=intensity, top_k=top_k)
     prov = provenance(detector, runner)
-    config = records.run_config(prov, overlays=overlays, dicom_out=dicom_out)
-    options = OutputOptions(overlays=overlays, dicom=dicom_out, provenance=prov)
+    config = records.run_config(prov, overlays=overlays, dicom_out=dicom_out, pm=pm)
+    options = OutputOptions(overlays=overlays, dicom=dicom_out, pm=pm, provenance=prov)
 
     plan, lock, summary = None, None, None
     try:
@@ -210,9 +216,9 @@ def score(
         # 4-5. merge and report (rank 0)
         if info.main:
             try:
-                summary, outcomes = merge(out, plan, n_todo=len(todo))
+                summary, outcomes = merge(out, plan, n_todo=len(todo), provenance=prov, show_paths=show_paths)
                 summary.report = write_report(out / "report.html", outcomes, n_files=summary.n_files,
-                                              filtered=summary.n_filtered)
+                                              filtered=summary.n_filtered, provenance=prov, show_paths=show_paths)
                 summary.elapsed_s = round(time.perf_counter() - t0, 3)
                 write_summary(summary)
             except OSError as e:

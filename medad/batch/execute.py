@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 
 from ..inference import OutputOptions, result_scores, write_outputs
+from ..inference.table import redact
 from ..io import SeriesRecord
 from . import records
 from .load import SeriesLoader, one_line
@@ -185,9 +186,10 @@ def write_series(sdir: Path, rec: records.SeriesOutcome, volume, result, *, out:
             rec.n_slices, rec.volume_score = scores["n_slices"], scores["volume_score"]
             rec.top_slices, rec.top_slice_scores = scores["top_slices"], scores["top_slice_scores"]
             rec.slice_scores = scores["slice_scores"]
+            rec.flagged, rec.raw_volume_score = scores["flagged"], scores["raw_volume_score"]
             written = write_outputs(result, volume, sdir, options)
             prefix = sdir.relative_to(out).as_posix() + "/"  # record paths are relative to OUT
-            outputs: dict[str, Any] = {k: (prefix + v if k in ("nifti", "pm", "seg") else v)
+            outputs: dict[str, Any] = {k: (prefix + v if k in ("nifti", "sidecar", "pm", "pm_int", "seg") else v)
                                        for k, v in written.files.items()}
             outputs["pngs"] = [prefix + p for p in written.files["pngs"]]
             for old in sdir.glob("top*_slice*.png"):  # from an earlier run with other settings
@@ -195,22 +197,22 @@ def write_series(sdir: Path, rec: records.SeriesOutcome, volume, result, *, out:
                     old.unlink(missing_ok=True)
             rec.outputs, rec.grading, rec.uids, rec.provenance = outputs, written.grading, written.uids, \
                 written.provenance
-            if stow and "pm" in outputs:
+            if stow and "seg" in outputs:
                 stage = "stow"
-                res = stow([out / outputs["pm"], out / outputs["seg"]])
+                res = stow([out / outputs[k] for k in ("pm", "pm_int", "seg") if k in outputs])
                 outputs["stow"] = {"url": stow.url, "stored": len(res.stored)}
             rec.status, rec.stage, rec.error = "ok", "", ""
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         rec.status, rec.stage, rec.error = "failed", stage, one_line(e)
         fatal = _fatal(e)
-        log.warning("series %s failed at %s: %s", rec.key, stage, rec.error)
+        log.warning("series %s failed at %s: %s", rec.dir, stage, redact(rec.error))  # no paths in logs
     else:
         fatal = None
     rec.seconds = {**seconds, "write": round(time.perf_counter() - t, 3)}
     try:
         records.write_record(sdir, rec)
     except OSError as e:
-        log.error("cannot write the record of series %s: %s", rec.key, one_line(e))
+        log.error("cannot write the record of series %s: %s", rec.dir, redact(one_line(e)))
         fatal = fatal or _fatal(e) or e
     if fatal is not None:
         raise records.OutputWriteError(out, fatal)
@@ -232,7 +234,7 @@ def _score_one(runner, volume, base: records.SeriesOutcome):
         result = run_with_backoff(runner, volume)
     except Exception as e:  # noqa: BLE001 - one bad series must not stop the batch
         base.stage, base.error = "score", one_line(e)
-        log.warning("series %s failed while scoring: %s", base.key, base.error)
+        log.warning("series %s failed while scoring: %s", base.dir, redact(base.error))
         return None
     base.warning = "; ".join(notes)
     if result.n_slices and bool(result.skipped.all()):

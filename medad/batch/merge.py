@@ -9,6 +9,7 @@ is regenerated, a resumed run gives the same tables as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..inference import results_row, write_results_csv
+from ..inference.table import redact
 from ..io import DAMAGE_REASONS
 from ..io._atomic import write_text_atomic
 from . import records
@@ -169,8 +171,21 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
-def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[records.SeriesOutcome]]:
+def _shown(key: str, kind: str, d: str, error: str, files, show_paths: bool) -> tuple[str, str]:
+    """A failure as people see it (summary, stdout): a DICOM series by its UID, any other by its anonymous output
+    folder; the error without file or folder names (unless ``show_paths``)."""
+    if show_paths:
+        return key, error
+    dicom = str(kind).startswith("dicom")
+    return (key if dicom else f"series/{d}"), redact(error, [key if not dicom else "", *(files or [])])
+
+
+def merge(out: Path, plan: Plan, n_todo: int, *, provenance: Optional[dict] = None,
+          show_paths: bool = False) -> tuple[ScoreSummary, list[records.SeriesOutcome]]:
     """Write ``results.csv`` and ``manifest.jsonl`` from the index and the records.
+
+    ``provenance`` (the run's) fills the provenance columns; ``show_paths`` keeps paths and file names in
+    ``results.csv`` and the summary (the manifest always has them).
 
     Returns:
         ``(summary, outcomes)``: the :class:`ScoreSummary` (``report`` not set yet) and the records of the selected
@@ -182,36 +197,37 @@ def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[record
     rejected_keys = {s.key for s in plan.rejected}
     n_rejected_failed = n_rejected_skipped = n_pending = 0
     rejected_failures: list[tuple[str, str]] = []
+    row = functools.partial(results_row, provenance=provenance, show_paths=show_paths)
     for s in sorted((*plan.index.series, *plan.index.rejected), key=_order):
-        fields = s.to_dict()
-        fields.pop("files", None)
+        fields = s.to_dict()  # its files only serve to redact errors
         d = plan.dirs[s.key]
         if s.key in plan.filtered:
-            rows.append(results_row(fields, "filtered", error=plan.filtered[s.key], anonymous_key=d))
+            rows.append(row(fields, "filtered", error=plan.filtered[s.key], anonymous_key=d))
             continue
         if s.key in rejected_keys:  # found at indexing but not loadable: its row says why
             damaged = s.reason in DAMAGE_REASONS
             n_rejected_failed += damaged
             n_rejected_skipped += not damaged
             if damaged:
-                rejected_failures.append((s.key, f"[index] {s.reason}: {s.detail}"))
+                rejected_failures.append(_shown(s.key, s.kind, d, f"[index] {s.reason}: {s.detail}", s.files,
+                                                show_paths))
             series_reasons[s.reason] = series_reasons.get(s.reason, 0) + 1
-            rows.append(results_row(fields, "failed" if damaged else "skipped", error=f"{s.reason}: {s.detail}",
-                                    anonymous_key=d))
+            rows.append(row(fields, "failed" if damaged else "skipped", error=f"{s.reason}: {s.detail}",
+                            anonymous_key=d))
             continue
         rec = records.read_record(out / "series" / d)
         if rec is not None and rec.fingerprint != plan.fingerprints[s.key]:
             rec = None
         if rec is None:
             n_pending += 1
-            rows.append(results_row(fields, "pending", error=_PENDING, anonymous_key=d))
+            rows.append(row(fields, "pending", error=_PENDING, anonymous_key=d))
             continue
         outcomes[s.key] = rec
         if not rec.ok:
             code = series_reason(rec)
             series_reasons[code] = series_reasons.get(code, 0) + 1
-        rows.append(results_row(fields, rec.status, scores=rec.scores(), error=rec.error or rec.warning,
-                                anonymous_key=d, output_dir=f"series/{d}"))
+        rows.append(row(fields, rec.status, scores=rec.scores(), error=rec.error or rec.warning, anonymous_key=d,
+                        output_dir=f"series/{d}"))
     results = write_results_csv(out / "results.csv", rows)
     entries = file_entries(plan.index, outcomes, plan.filtered, plan.dirs)
     manifest = write_manifest(out / "manifest.jsonl", entries)
@@ -223,6 +239,7 @@ def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[record
             reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     ok = [o for o in outcomes.values() if o.ok]
     failed = [o for o in outcomes.values() if not o.ok and not o.skipped]
+    by_key = {s.key: s for s in plan.index.series}
     summary = ScoreSummary(
         out_dir=out, n_files=len(entries), n_series=len(plan.index.series) + len(plan.index.rejected),
         n_selected=len(plan.selected), n_filtered=len(plan.filtered), n_scored=len(ok),
@@ -231,7 +248,8 @@ def merge(out: Path, plan: Plan, n_todo: int) -> tuple[ScoreSummary, list[record
         n_files_failed=sum(1 for e in entries if e["status"] == "failed" and e.get("reason") in DAMAGE_REASONS),
         n_slices=sum(o.n_slices for o in ok), n_warned=sum(1 for o in ok if o.warning), n_pending=n_pending,
         files_by_status=by_status, skip_reasons=reasons, series_reasons=series_reasons,
-        failures=[(o.key, f"[{o.stage}] {o.error}") for o in failed] + rejected_failures, results_csv=results,
+        failures=[_shown(o.key, o.series.get("kind", ""), o.dir, f"[{o.stage}] {o.error}", by_key[o.key].files,
+                         show_paths) for o in failed] + rejected_failures, results_csv=results,
         manifest=manifest)
     return summary, [outcomes[s.key] for s in plan.selected if s.key in outcomes]
 

@@ -61,7 +61,9 @@ class SeriesOutcome:
             minimum; ``"own_plane: ..."``: too thin along the requested axis, scored in its acquisition plane).
         fingerprint: :func:`series_fingerprint` of the inputs + settings the record was made with.
         series: identifying fields of the source series (UIDs, modality, description, ...).
-        n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order).
+        n_slices, volume_score, top_slices, top_slice_scores, slice_scores: scores (``slice_scores`` in source order;
+            calibrated when the detector carries a calibration); raw_volume_score: the uncalibrated volume score;
+            flagged: above the operating point (None: uncalibrated).
         outputs: paths relative to ``OUT`` (``nifti``, ``pngs``, ``pm``, ``seg``) and ``stow`` status.
         grading, uids, provenance: as :class:`medad.inference.OutputRecord` (grading summary, PM/SEG UIDs,
             provenance fields).
@@ -79,6 +81,8 @@ class SeriesOutcome:
     warning: str = ""
     n_slices: int = 0
     volume_score: Optional[float] = None
+    raw_volume_score: Optional[float] = None
+    flagged: Optional[bool] = None
     top_slices: list[int] = field(default_factory=list)
     top_slice_scores: list[float] = field(default_factory=list)
     slice_scores: list[float] = field(default_factory=list)
@@ -100,7 +104,8 @@ class SeriesOutcome:
     def scores(self) -> dict[str, Any]:
         """The scores as :func:`medad.inference.result_scores` gives them (for :func:`medad.inference.results_row`)."""
         return {"n_slices": self.n_slices, "volume_score": self.volume_score, "top_slices": self.top_slices,
-                "top_slice_scores": self.top_slice_scores, "slice_scores": self.slice_scores}
+                "top_slice_scores": self.top_slice_scores, "slice_scores": self.slice_scores,
+                "raw_volume_score": self.raw_volume_score, "flagged": self.flagged}
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True, indent=1)
@@ -116,7 +121,7 @@ def series_dir_name(key: str, modality: str = "", series_number: Optional[int] =
 
     The hash makes it unique (split series ``UID#2``, NIfTI paths); modality and number make it readable.
     """
-    h = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+    h = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]  # file names need not be UTF-8
     mod = re.sub(r"[^A-Za-z0-9]+", "", modality or "")[:8] or "VOL"
     num = f"{series_number:04d}" if isinstance(series_number, int) and series_number >= 0 else "0000"
     return f"{mod}_{num}_{h}"
@@ -133,9 +138,9 @@ def series_fingerprint(files: Sequence[str], config_digest: str) -> str:
     for f in files:
         try:
             st = os.stat(f)
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
         except OSError:
-            h.update(f"{f}\0missing\n".encode())
+            h.update(f"{f}\0missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
 
 
@@ -223,10 +228,12 @@ def release_run_lock(fh) -> None:
         fh.close()
 
 
-def run_config(provenance: dict, *, overlays: int, dicom_out: bool) -> dict:
+def run_config(provenance: dict, *, overlays: int, dicom_out: bool, pm: str = "float") -> dict:
     """``run.json``: everything that changes the outputs (not workers, batch size, device, filters): the provenance
-    fields (:func:`medad.inference.provenance`: model and runner settings) and the output options."""
-    return {**provenance, "overlays": int(overlays), "dicom_out": bool(dicom_out)}
+    fields (:func:`medad.inference.provenance`: model and runner settings, the operating point) and the output
+    options."""
+    return {**provenance, "overlays": int(overlays), "dicom_out": bool(dicom_out),
+            **({"pm": pm} if dicom_out and pm != "float" else {})}
 
 
 def check_run_config(out: Path, config: dict, overwrite: bool) -> None:

@@ -46,6 +46,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="do not score files matching this glob (path or name), e.g. '*mask*'; repeatable")
     o = p.add_argument_group("outputs and run")
     o.add_argument("--dicom-out", action="store_true", help="also write a DICOM Parametric Map + BINARY SEG")
+    o.add_argument("--pm", default="float", choices=["float", "integer", "both"],
+                   help="Parametric Map pixels: float32, or uint16 with a Real World Value Mapping to the 0-1 score "
+                        "(for PACS/viewers that cannot show float pixels), or both")
+    o.add_argument("--show-paths", action="store_true",
+                   help="name non-DICOM inputs by path and keep file/folder names in errors in results.csv, "
+                        "report.html, summary.json and the output (default: UIDs and anonymous keys only; the "
+                        "manifest always lists the paths)")
     o.add_argument("--stow", default=None, metavar="URL",
                    help="send PM + SEG to this DICOMweb root (e.g. http://127.0.0.1:8042/dicom-web); implies "
                         "--dicom-out")
@@ -70,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             dicom_out=args.dicom_out, stow=args.stow, workers=args.workers, device=args.device,
             batch_size=args.batch_size, top_k=args.top_k, overlays=args.overlays, axis=args.axis,
             intensity=args.intensity, precision=args.precision, overwrite=args.overwrite,
-            retry_failed=not args.keep_failed, progress=not args.no_progress, dry_run=args.dry_run)
+            retry_failed=not args.keep_failed, progress=not args.no_progress, dry_run=args.dry_run,
+            pm=args.pm, show_paths=args.show_paths)
     except (ScoreConfigError, FileNotFoundError, ValueError) as e:
         print(f"medad score: error: {e}", file=sys.stderr)
         return 2

@@ -79,7 +79,8 @@ def fit_grade_thresholds(hist: np.ndarray, quantiles: Sequence[float]) -> tuple[
 
 
 def calibrate(detector: Any, volumes: Iterable[Any], *, specificity: float = DEFAULT_SPECIFICITY,
-              grade_quantiles: Optional[Sequence[float]] = DEFAULT_GRADE_QUANTILES, keys: Optional[Sequence[str]] = None,
+              grade_quantiles: Optional[Sequence[float]] = DEFAULT_GRADE_QUANTILES,
+              keys: Optional[Sequence[str]] = None,
               progress: bool = False, **runner_options: Any) -> CalibrationReport:
     """Fit and set ``detector.options.calibration`` (and, unless ``grade_quantiles`` is None, its grading thresholds)
     from normal-only studies.

@@ -16,6 +16,7 @@ from .runner import VolumeResult, VolumeRunner
 from .table import RESULTS_COLUMNS, results_row, series_fields, write_results_csv
 from .uids import OutputUIDs, output_uids
 
-__all__ = ["GRADE_COLORS", "GRADE_LABELS", "GradeColor", "OutputOptions", "OutputRecord", "OutputUIDs", "RESULTS_COLUMNS", "VolumeResult",
+__all__ = ["GRADE_COLORS", "GRADE_LABELS", "GradeColor", "OutputOptions", "OutputRecord", "OutputUIDs",
+           "RESULTS_COLUMNS", "VolumeResult",
            "VolumeRunner", "grade", "grade_colors", "grading_summary", "model_fingerprint", "output_uids", "provenance",
            "result_scores", "results_row", "series_fields", "write_outputs", "write_results_csv"]

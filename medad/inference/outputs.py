@@ -29,11 +29,11 @@ from typing import Any, Optional
 from .grading import GRADE_LABELS, check_thresholds, grade, grade_colors, grading_summary
 from .uids import content_digest, output_uids, source_key, uid_salt
 
-__all__ = ["DEFAULT_NAMES", "OutputOptions", "OutputRecord", "result_scores", "write_outputs"]
+__all__ = ["DEFAULT_NAMES", "PM_KINDS", "OutputOptions", "OutputRecord", "result_scores", "write_outputs"]
 
 #: Default file names (``png`` is formatted with ``rank`` (1-based) and ``slice`` (source slice index)).
-DEFAULT_NAMES: dict[str, str] = {"nifti": "anomaly_map.nii.gz", "png": "top{rank}_slice{slice:04d}.png", "pm": "pm.dcm", "pm_int": "pm_int.dcm",
-                                 "seg": "seg.dcm"}
+DEFAULT_NAMES: dict[str, str] = {"nifti": "anomaly_map.nii.gz", "png": "top{rank}_slice{slice:04d}.png",
+                                 "pm": "pm.dcm", "pm_int": "pm_int.dcm", "seg": "seg.dcm"}
 #: Parametric Map kinds: ``float`` (float32, the default), ``integer`` (uint16 + value mapping), ``both``.
 PM_KINDS = ("float", "integer", "both")
 

@@ -36,7 +36,8 @@ RESULTS_COLUMNS = ("series_key", "study_uid", "series_uid", "series_number", "mo
                    "medad_version", "backbone_sha256", "adapters_sha256")
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
-_PATHLIKE = re.compile(r"(?:[A-Za-z]:)?[^\s'\"(),;]*[/\\][^\s'\"(),;]*")
+_SEG = r"[^\s'\"(),;:<>/\\]"  # a character of a path component
+_PATHLIKE = re.compile(rf"(?<![<\w])(?:(?:[A-Za-z]:[/\\]|~?/)?(?:{_SEG}+[/\\])+{_SEG}*|(?:[A-Za-z]:[/\\]|~?/){_SEG}+)")
 
 
 def redact(text: str, paths: Iterable[str] = ()) -> str:
@@ -65,7 +66,7 @@ def redact(text: str, paths: Iterable[str] = ()) -> str:
         return f"\x00{len(urls) - 1}\x00"
 
     out = _URL.sub(keep, out)
-    out = _PATHLIKE.sub(lambda m: m.group(0) if re.fullmatch(r"</?\w+>", m.group(0)) else "<path>", out)
+    out = _PATHLIKE.sub("<path>", out)
     return re.sub("\x00(\\d+)\x00", lambda m: urls[int(m.group(1))], out)
 
 

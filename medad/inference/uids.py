@@ -15,9 +15,9 @@ determines the content:
 
 So a rerun or resumed run with the same model and settings rewrites the same instances (a PACS keeps one copy), while
 another model, other runner settings, other thresholds or other source slices give new Series and SOP Instance UIDs
-instead of objects a PACS would silently drop as duplicates (Orthanc answers ``AlreadyStored``). ``medad score``, the bundle and the MONAI Label app all call
-:func:`output_uids` through :func:`medad.inference.write_outputs`; the DICOM writers in :mod:`medad.io` take the
-UIDs explicitly and decide none themselves.
+instead of objects a PACS would silently drop as duplicates (Orthanc answers ``AlreadyStored``). ``medad score``,
+the bundle and the MONAI Label app all call :func:`output_uids` through :func:`medad.inference.write_outputs`; the
+DICOM writers in :mod:`medad.io` take the UIDs explicitly and decide none themselves.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_series_dir_names_are_stable_unique_and_safe():
 def test_report_escapes_text_and_sorts_by_score(tmp_path):
     def rec(key, score, desc):
         return SeriesOutcome(key=key, dir=key, status="ok", fingerprint="", volume_score=score, n_slices=3,
-                             series={"series_description": desc, "modality": "CT"}, top_slices=[1],
+                             series={"series_description": desc, "modality": "CT", "kind": "dicom"}, top_slices=[1],
                              top_slice_scores=[score], outputs={"pngs": [f"series/{key}/top1.png"]})
 
     bad = SeriesOutcome(key="k3", dir="k3", status="failed", fingerprint="", series={}, stage="load",
