@@ -7,11 +7,15 @@ What it does on top of ``monailabel start_server``:
 - passes ``--conf zoo_source local`` (no model-zoo query) and never creates a SAM2 task (no HuggingFace download);
   for a DICOMweb datastore it puts a stub ``itkimage2segimage`` on PATH so MONAI Label does not download dcmqi from
   GitHub (the medad app skips that download anyway and writes DICOM SEG with highdicom);
-- maps the medad options (``--backbone``, ``--adapters``, ...) to ``--conf`` pairs.
+- maps the medad options (``--backbone``, ``--adapters``, ...) to ``--conf`` pairs; without ``--adapters``,
+  ``--weights`` or ``--backbone`` it serves the embedded demo model, as ``medad score`` does;
+- keeps everything the server writes out of the studies folder and the repository: MONAI Label's bookkeeping, labels,
+  uploads, the site checkpoint, and (for the repository's app) a copy of the app with its ``logs/`` go to the
+  workspace, ``$MEDAD_HOME/label/<studies name>-<digest>`` (``--workspace`` to choose).
 
 Examples::
 
-    medad label --studies ~/medad_studies --adapters demo                      # NIfTI folder, http://127.0.0.1:8000
+    medad label --studies sample_data/mr_flair_phantom                         # demo model, http://127.0.0.1:8000
     medad label --studies http://127.0.0.1:8042/dicom-web --modality CT --adapters site.pt --port 8001
 """
 
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 # medad option -> --conf key
 _CONF_OPTIONS = {"backbone": "backbone", "weights": "weights", "adapters": "adapters", "object_name": "object_name",
                  "support": "support", "shots": "shots", "thresholds": "thresholds", "device": "device",
-                 "precision": "precision", "site_checkpoint": "site_checkpoint"}
+                 "precision": "precision", "site_checkpoint": "site_checkpoint", "workspace": "workspace"}
 
 
 def default_app_dir() -> Optional[Path]:
@@ -64,14 +68,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", "-s", required=True,
                    help="folder of NIfTI/NRRD volumes, or a DICOMweb root such as http://127.0.0.1:8042/dicom-web")
     p.add_argument("--app", "-a", default=None,
-                   help="MONAI Label app folder (default: the checkout's apps/medad_label, else a minimal generated "
-                        "app in $MEDAD_HOME/label_app)")
+                   help="MONAI Label app folder, run in place (default: a copy of the checkout's apps/medad_label, "
+                        "else of a minimal generated app, in the workspace)")
+    p.add_argument("--workspace", "-w", default=None,
+                   help="folder for the server's own files: datastore bookkeeping, labels, uploads, site checkpoint, "
+                        "app copy and logs (default $MEDAD_HOME/label/<studies name>-<digest of its path>)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", "-p", type=int, default=8000, help="HTTP port (default 8000)")
     g = p.add_argument_group("model (each maps to --conf KEY VALUE, see docs/monailabel.md)")
     g.add_argument("--backbone", help="ViT-L-14-336 (default: the adapters' backbone) or tiny")
     g.add_argument("--weights", help="backbone weights file (default: the one imported with `medad weights import`)")
-    g.add_argument("--adapters", help="adapter checkpoint, or 'demo' for the embedded demo model")
+    g.add_argument("--adapters", help="adapter checkpoint, 'demo' (the embedded demo model: the default without "
+                                      "--weights/--backbone, as medad score) or 'none' (zero-shot)")
     g.add_argument("--object-name", dest="object_name", help="prompt object name, e.g. Brain, Liver")
     g.add_argument("--support", help="normal studies for the few-shot memory bank (file or folder)")
     g.add_argument("--shots", type=int, help="slices per normal study added to the memory bank (default 4)")
@@ -80,7 +88,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="backbone precision (default auto: bf16 where the device computes it natively, else fp32)")
     g.add_argument("--site-checkpoint", dest="site_checkpoint",
-                   help="where the reviewer loop saves the grown memory bank (default <app>/model/site_adapters.pt)")
+                   help="where the reviewer loop saves the grown memory bank (default <workspace>/site_adapters.pt)")
     p.add_argument("--conf", "-c", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="any other app option, e.g. --conf top_k 10 --conf runner.batch_size 16")
     p.add_argument("--modality", default=None,
@@ -114,10 +122,33 @@ def _dcmqi_stub_on_path() -> None:
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def build_server_argv(args: argparse.Namespace) -> list[str]:
-    """The ``monailabel start_server`` argument list for parsed ``medad label`` arguments."""
-    app = args.app or default_app_dir() or _generated_app_dir()
-    if not (Path(app) / "main.py").is_file():
+def _workspace(args: argparse.Namespace) -> Path:
+    from medad.label.config import default_workspace
+
+    return Path(args.workspace).expanduser().resolve() if args.workspace else Path(default_workspace(args.studies))
+
+
+def _app_copy(source: Path, workspace: Path) -> Path:
+    """A copy of the app ``source`` in ``<workspace>/app`` (refreshed at every start): MONAI Label writes ``logs/``,
+    ``model/`` and ``bin/`` into the app folder, which must not be the repository's."""
+    import shutil
+
+    dest = workspace / "app"
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__"),
+                    dirs_exist_ok=True)
+    return dest
+
+
+def build_server_argv(args: argparse.Namespace, copy_app: bool = True) -> list[str]:
+    """The ``monailabel start_server`` argument list for parsed ``medad label`` arguments (``copy_app``: put the
+    default app's copy into the workspace; False only computes the arguments)."""
+    workspace = _workspace(args)
+    if args.app:
+        app = Path(args.app)
+    else:
+        source = default_app_dir() or _generated_app_dir()
+        app = _app_copy(source, workspace) if copy_app else workspace / "app"
+    if copy_app and not (Path(app) / "main.py").is_file():
         raise SystemExit(f"medad label: no MONAI Label app at {app}: pass --app <folder with main.py> (the "
                          "repository ships apps/medad_label).")
     conf: dict[str, str] = {"zoo_source": "local"}
@@ -125,6 +156,7 @@ def build_server_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, attr, None)
         if value is not None:
             conf[key] = str(value)
+    conf["workspace"] = str(workspace)
     for key, value in args.conf:
         conf[key] = value
     argv = ["start_server", "--app", str(app), "--studies", str(args.studies), "--host", args.host,
@@ -146,12 +178,12 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: the server (and the studies it serves) is reachable from other machines",
                        args.host)
-    argv = build_server_argv(args)
+    argv = build_server_argv(args, copy_app=not args.dryrun)
     from medad.label.config import ConfigError, LabelConfig
 
     conf = dict(zip(argv[argv.index("--conf") + 1::3], argv[argv.index("--conf") + 2::3]))
     try:
-        LabelConfig.from_conf(argv[argv.index("--app") + 1], conf)  # fail before the server starts
+        LabelConfig.from_conf(argv[argv.index("--app") + 1], conf, studies=str(args.studies))  # fail before start
     except ConfigError as e:
         print(f"medad label: {e}", file=sys.stderr)
         return 2
@@ -162,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
         print("options OK; equivalent command:\n  monailabel " + shlex.join(argv))
         return 0
+    logger.info("workspace (datastore bookkeeping, labels, uploads, site checkpoint, logs): %s",
+                conf.get("workspace"))
     from monailabel.main import Main
 
     main_ = Main()

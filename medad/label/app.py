@@ -5,9 +5,14 @@ MONAI Label finds the app class in ``main.py`` by looking for a class whose *dir
 
 What the mixin adds to MONAI Label 0.8.5:
 
-- the ``anomaly`` infer task and the reviewer-loop train task, built from ``--conf`` options
-  (:class:`~medad.label.config.LabelConfig`), sharing one :class:`~medad.label.store.DetectorStore`;
-- request checks: unknown model or image ids are answered with 404 (MONAI Label would fail with a 500);
+- the ``anomaly`` infer task, the one-step ``mark_normal`` task and the reviewer-loop train task, built from
+  ``--conf`` options (:class:`~medad.label.config.LabelConfig`), sharing one :class:`~medad.label.store.DetectorStore`;
+- a workspace for the app's own files, outside the studies folder, and the local datastore
+  :class:`~medad.label.datastore.MedadLocalDatastore` (studies folder read only, masks recognised, ids checked);
+- checked inference (:meth:`MedadAppMixin.checked_infer`): the image is a datastore id whose file lies inside the
+  datastore's roots (or a file the server itself saved from an upload/session), never a path from the request;
+  unknown models, images and strategies are 404 (MONAI Label would fail with a 500 or read any server path);
+- the inference queue (:class:`~medad.label.server.queue.InferQueue`) the ``/infer`` endpoint runs in;
 - offline start with a DICOMweb datastore: MONAI Label downloads the dcmqi tools from GitHub at start-up to convert
   ``final`` labels to DICOM SEG; medad writes SEGs with highdicom instead (its own outputs, and submitted labels via
   :class:`~medad.label.datastore.MedadDICOMWebDatastore`), so the download is skipped.
@@ -24,9 +29,11 @@ from . import install_pydicom_shim
 install_pydicom_shim()  # before anything imports monailabel.interfaces.app (pydicom_seg)
 
 from .. import __version__  # noqa: E402
-from .config import MODEL_NAME, LabelConfig  # noqa: E402
-from .errors import NotFound  # noqa: E402
+from .config import LABELS, MODEL_NAME, LabelConfig  # noqa: E402
 from .infer_task import AnomalyInferTask  # noqa: E402
+from .review import MARK_NORMAL_MODEL, MarkNormalTask, label_colors, legend  # noqa: E402
+from .server.errors import BadRequest, NotFound  # noqa: E402
+from .server.queue import InferQueue  # noqa: E402
 from .store import DetectorStore  # noqa: E402
 from .train_task import NormalBankTrainTask  # noqa: E402
 
@@ -68,12 +75,15 @@ class MedadAppMixin:
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str], **kwargs: Any) -> None:
-        self.label_config = LabelConfig.from_conf(app_dir, conf)
+        self.label_config = LabelConfig.from_conf(app_dir, conf, studies=studies)
+        os.makedirs(self.label_config.workspace, exist_ok=True)
         self.detector_store = DetectorStore(self.label_config)
         self.detector_store.get()
+        self.infer_queue = InferQueue(self.label_config.infer_workers, self.label_config.infer_queue)
         kwargs.setdefault("name", "medad anomaly detection")
         kwargs.setdefault("description", "MVFA/CLIP anomaly maps for review (research use, not for diagnosis)")
         kwargs.setdefault("version", __version__)
+        kwargs.setdefault("labels", list(LABELS))  # the grades (mark_normal's "normal" is not a segment to draw)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, **kwargs)  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ MONAI Label hooks
@@ -83,17 +93,21 @@ class MedadAppMixin:
     def init_infers(self) -> dict[str, Any]:
         url = str(self.studies).rstrip("/") if self.is_dicomweb() else None  # type: ignore[attr-defined]
         return {MODEL_NAME: AnomalyInferTask(self.detector_store, self.label_config,
-                                             datastore=self.datastore, dicomweb_url=url)}  # type: ignore[attr-defined]
+                                             datastore=self.datastore, dicomweb_url=url),  # type: ignore
+                MARK_NORMAL_MODEL: MarkNormalTask(self.label_config, self.datastore)}  # type: ignore[attr-defined]
 
     def init_trainers(self) -> dict[str, Any]:
         return {MODEL_NAME: NormalBankTrainTask(self.detector_store, self.label_config)}
 
     def init_datastore(self):
-        """MONAI Label's datastore; a DICOMweb one is replaced by :class:`MedadDICOMWebDatastore` (same client and
-        cache) so submitted labels become DICOM SEG through highdicom, without dcmqi."""
-        from monailabel.datastore.dicom import DICOMWebDatastore
+        """:class:`MedadLocalDatastore` over a studies folder (its files in the workspace); a DICOMweb datastore is
+        MONAI Label's, replaced by :class:`MedadDICOMWebDatastore` (same client and cache) so submitted labels
+        become DICOM SEG through highdicom, without dcmqi."""
+        from .datastore import MedadDICOMWebDatastore, MedadLocalDatastore
 
-        from .datastore import MedadDICOMWebDatastore
+        if not self.is_dicomweb():
+            return MedadLocalDatastore(self.studies, self.label_config.workspace)  # type: ignore[attr-defined]
+        from monailabel.datastore.dicom import DICOMWebDatastore
 
         store = super().init_datastore()  # type: ignore[misc]
         return MedadDICOMWebDatastore.like(store) if type(store) is DICOMWebDatastore else store
@@ -102,16 +116,59 @@ class MedadAppMixin:
         """No download: SEGs are written with highdicom (MONAI Label would fetch dcmqi from GitHub here)."""
         logger.debug("dcmqi download skipped: medad writes DICOM SEG with highdicom")
 
-    def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
-        """Check the model and image id, remember the id (to save the continuous map under it), then infer."""
-        model = request.get("model")
+    def info(self) -> dict[str, Any]:
+        meta = super().info()  # type: ignore[misc]
+        meta["label_colors"] = label_colors()
+        meta["legend"] = legend(self.detector_store.thresholds())
+        return meta
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:  # type: ignore[attr-defined]
+            raise NotFound(f"No active-learning strategy {strategy!r}; this server has "
+                           f"{sorted(self._strategies)} (see /info).")  # type: ignore[attr-defined]
+        return super().next_sample(request)  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ inference
+    def check_model(self, model: Any) -> None:
+        """404 unless ``model`` is one of this app's infer tasks."""
         if model not in self._infers:  # type: ignore[attr-defined]
             raise NotFound(f"No model {model!r}; this server has {sorted(self._infers)} (see /info).")  # type: ignore
+
+    def checked_infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run an infer task on a checked image (see the module docstring); returns MONAI Label's infer result
+        ``{"label", "tag", "file", "params"}``.
+
+        ``request["image"]`` is a datastore id, or the file the server saved for an upload or a session, which the
+        ``/infer`` endpoint passes again as ``request["medad_trusted_image"]``.
+        """
+        from .datastore.ids import check_id, inside
+
+        model = request.get("model")
+        self.check_model(model)
+        task = self._infers[model]  # type: ignore[attr-defined]
+        request = dict(request)
+        request["description"] = task.description
+        trusted = request.pop("medad_trusted_image", None)
         image = request.get("image")
-        if isinstance(image, str) and image and not os.path.exists(image):
-            store = datastore if datastore else self.datastore()  # type: ignore[attr-defined]
+        if trusted:
+            if image != trusted:
+                raise BadRequest("an uploaded file and an image id were both given; send one of them")
+        else:
+            check_id(image)
+            store = self.datastore()  # type: ignore[attr-defined]
             if image not in store.list_images():
                 raise NotFound(f"Image {image!r} is not in the datastore. List the ids with "
                                "GET /datastore/?output=all (DICOMweb: the SeriesInstanceUIDs QIDO returns).")
-            request = {**request, "image_id": image}
-        return super().infer(request, datastore)  # type: ignore[misc]
+            uri = store.get_image_uri(image)
+            roots = store.roots() if hasattr(store, "roots") else []
+            if not uri or not os.path.exists(uri) or not inside(uri, roots):
+                raise NotFound(f"Image {image!r} has no file inside the datastore.")
+            request.update({"image": uri, "image_id": image})
+        result_file, result_json = task(request)
+        return {"label": result_file, "tag": "original", "file": result_file, "params": result_json}
+
+    def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
+        """MONAI Label's entry point (batch inference, scripts): the same checks as ``/infer``; a path is refused."""
+        request = {k: v for k, v in request.items() if k != "medad_trusted_image"}
+        return self.checked_infer(request)

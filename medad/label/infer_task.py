@@ -16,6 +16,13 @@ exactly as ``medad score`` and the bundle write them. The result JSON (``output=
 ``label_voxels``, ``grading`` (:func:`medad.inference.grading_summary`), ``provenance``
 (:func:`medad.inference.provenance`) and what was saved where.
 
+For the reviewer (:mod:`medad.label.review`): ``summary`` (one sentence: volume score, most anomalous slice with a
+1-based number, labelled voxels), ``top_slice_numbers`` (1-based, as the viewers count; ``top_slices`` are 0-based
+indices), ``legend`` and ``label_colors`` (the heat ramp and thresholds), ``viewer`` (``slicer_overlay``: the line
+to paste into 3D Slicer's Python console to see the continuous map; for DICOM series ``ohif``: the OHIF path opening
+the study at the most anomalous slice, and ``top_slice_instances``). The returned ``.nrrd`` label map carries the
+grade names and colours as 3D Slicer segmentation metadata and is named ``*.seg.nrrd``.
+
 Per-request ``params`` (all optional): ``thresholds`` (3 increasing numbers in [0, 1]), ``top_k`` (int >= 1),
 ``write_dicom`` (bool), ``save_anomaly_map`` (bool), plus MONAI Label's ``result_extension``/``result_dtype``.
 """
@@ -38,7 +45,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from ..inference import GRADE_LABELS, OutputOptions, grade, grading_summary, write_outputs
 from ..io.dicom_index import IMAGE_FILE_SUFFIXES
 from .config import LABELS, ConfigError, LabelConfig, parse_thresholds
-from .errors import BadRequest, NotFound
+from .review import label_colors, legend, ohif_viewer_path, seg_nrrd_metadata, slice_summary, top_slice_instances
+from .server.errors import BadRequest, NotFound
 from .store import DetectorStore
 
 __all__ = ["AnomalyInferTask", "ANOMALY_MAP_TAG", "reference_geometry", "to_reference_grid"]
@@ -109,17 +117,25 @@ def label_format(data: dict[str, Any]) -> tuple[str, np.dtype]:
     return ext, dtype
 
 
-def write_label(label: MetaTensor, extension: str, dtype: np.dtype, compress: bool = False) -> str:
+def write_label(label: MetaTensor, extension: str, dtype: np.dtype, compress: bool = False,
+                metadata: Optional[dict[str, str]] = None) -> str:
     """Write the label map ``[X, Y, Z]`` (RAS affine) to a new temporary ``*<extension>`` file; returns its path.
 
-    Written with SimpleITK in LPS like MONAI Label's ``Writer`` (which uses ITK and pays ~10 s of lazy loading on the
-    first request).
+    Written with :func:`medad.io.save_itk_image` (SimpleITK, LPS) like MONAI Label's ``Writer``; ``metadata`` are
+    extra header fields (NRRD ``key:=value``), e.g. :func:`medad.label.review.seg_nrrd_metadata`.
     """
     from medad.io import save_itk_image
 
     fd, path = tempfile.mkstemp(suffix=extension, prefix="medad_label_")
     os.close(fd)
     save_itk_image(label, path, dtype=dtype, compress=compress)
+    if metadata:
+        import SimpleITK as sitk
+
+        img = sitk.ReadImage(path)
+        for key, value in metadata.items():
+            img.SetMetaData(key, value)
+        sitk.WriteImage(img, path, bool(compress))
     return path
 
 
@@ -163,6 +179,8 @@ class AnomalyInferTask(BasicInferTask):
             info["medad"] = self.store.info()
         except Exception as e:  # noqa: BLE001 - /info must answer even when the model cannot load
             info["medad"] = {"error": f"{type(e).__name__}: {e}"}
+        info["label_colors"] = label_colors(GRADE_LABELS)
+        info["legend"] = legend(self.store.thresholds(), GRADE_LABELS)
         return info
 
     # ------------------------------------------------------------------ request checks
@@ -206,7 +224,17 @@ class AnomalyInferTask(BasicInferTask):
         return None
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cuda"):
-        _, runner = self.store.get()
+        from .server.queue import current_job
+
+        det, runner = self.store.get()
+        job = current_job()
+        if job is not None:  # progress for GET /medad/queue
+            from medad.transforms.slicing import RASSlicer
+
+            vol = data["volume"]
+            axis = self.app_config.runner_options.get("axis", "axial")
+            job.progress(0, RASSlicer(tuple(vol.shape[1:]), vol.affine, axis, vol.meta.get("space")).n_slices)
+            runner = self.store.make_runner(det, job)
         result = runner.run(data["volume"])
         data["volume_result"] = result
         data["anomaly_map"] = result.anomaly_map  # [1, X, Y, Z] on the volume's grid
@@ -220,10 +248,14 @@ class AnomalyInferTask(BasicInferTask):
         data["result"] = {
             "volume_score": round(float(result.volume_score), 6),
             "top_slices": [int(i) for i in top],
+            "top_slice_numbers": [int(i) + 1 for i in top],
             "slice_scores": [round(float(s), 6) for s in scores],
             "slice_axis": result.axis,
             "slice_dim": result.source_dim,
+            "n_slices": int(result.n_slices),
             "skipped_slices": int(skipped.sum()),
+            "flagged": result.flagged,
+            "calibrated": bool(result.calibrated),
         }
         return data
 
@@ -248,16 +280,26 @@ class AnomalyInferTask(BasicInferTask):
             "label_voxels": {name: grading["voxels"][name] for name in LABELS},
             "grading": grading,
             "max_score": round(float(amap.max()), 6),
+            "legend": legend(data["thresholds"], GRADE_LABELS),
+            "label_colors": label_colors(GRADE_LABELS),
         })
+        r = data["result"]
+        r["summary"] = slice_summary(r["volume_score"], r["top_slices"], r["n_slices"], r["slice_scores"],
+                                     r["slice_axis"], grading["voxels"], r["flagged"])
         return data
 
     # ------------------------------------------------------------------ outputs
     def writer(self, data: dict[str, Any], extension=None, dtype=None):
         ext, np_dtype = label_format({**data, **({"result_extension": extension} if extension else {}),
                                       **({"result_dtype": dtype} if dtype else {})})
-        result_file = write_label(data["pred"], ext, np_dtype, bool(data.get("result_compress", False)))
+        meta = None
+        if ext.lower() in (".nrrd", ".seg.nrrd"):  # a 3D Slicer segmentation: grade names and heat-ramp colours
+            meta = seg_nrrd_metadata(tuple(data["pred"].shape), data["thresholds"], GRADE_LABELS)
+            ext = ".seg.nrrd"
+        result_file = write_label(data["pred"], ext, np_dtype, bool(data.get("result_compress", False)), meta)
         result_json = dict(data["result"])
         result_json["provenance"] = self.store.provenance()
+        result_json["viewer"] = self._viewer(data)
         outputs: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="medad_label_") as tmp:
             if data["save_anomaly_map"]:
@@ -270,6 +312,27 @@ class AnomalyInferTask(BasicInferTask):
                     outputs["dicom"] = {"written": False, "error": f"{type(e).__name__}: {e}"}
         result_json["outputs"] = outputs
         return result_file, result_json
+
+    def _viewer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Where the reviewer sees more: the 3D Slicer console line for the continuous map (datastore studies), the
+        OHIF path at the most anomalous slice and the top slices' instances (DICOM series)."""
+        out: dict[str, Any] = {}
+        base = data.get("medad_base_url") or "http://127.0.0.1:8000"
+        if data.get("image_id") and data.get("save_anomaly_map"):
+            from .review import slicer_overlay_line
+
+            out["slicer_overlay"] = slicer_overlay_line(base, data["image_id"])
+        try:
+            top = top_slice_instances(data["volume"], data["result"]["top_slices"], data["result"]["slice_dim"])
+        except Exception as e:  # noqa: BLE001 - only a convenience
+            logger.debug("top slice instances: %s", e)
+            top = []
+        if top:
+            out["top_slice_instances"] = top
+        path = ohif_viewer_path(data["volume"], top)
+        if path:
+            out["ohif"] = path
+        return out
 
     @staticmethod
     def _options(data: dict[str, Any], provenance: dict[str, Any], **kw: Any) -> OutputOptions:

@@ -4,6 +4,9 @@ The detector comes from :func:`medad.load_detector` with the app's ``--conf`` op
 a site checkpoint (adapters + grown memory bank, see :mod:`medad.label.train_task`), that checkpoint is loaded in
 place of ``adapters``; :meth:`DetectorStore.get` notices a newer checkpoint (by modification time) and reloads, so
 the infer task picks up a new bank without a server restart.
+
+``/info`` must answer while an inference runs or a checkpoint loads: :meth:`DetectorStore.info` and
+:meth:`DetectorStore.thresholds` read a snapshot taken at each (re)load and never wait for the loading lock.
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ from medad.io import find_volumes, load_series, load_volume, volume_source
 
 from .config import LabelConfig
 
-__all__ = ["DetectorStore", "merge_banks"]
+__all__ = ["DetectorStore", "load_source", "merge_banks"]
 
 logger = logging.getLogger(__name__)
 
 
-def _load(source):
+def load_source(source):
     """A support/normal study as a volume: a :func:`medad.io.find_volumes` item or an image path (a DICOMweb-cache
     NIfTI is read from its DICOM series folder, see :func:`medad.io.volume_source`)."""
     if isinstance(source, dict):
@@ -63,6 +66,8 @@ class DetectorStore:
         self._loaded_mtime: Optional[float] = None
         self._site_in_use = False
         self._provenance: Optional[tuple[Any, dict[str, Any]]] = None
+        self._snapshot: dict[str, Any] = {"status": "loading"}
+        self._reloading: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ building
     def _site_mtime(self) -> Optional[float]:
@@ -124,32 +129,41 @@ class DetectorStore:
             det.memory_bank = merge_banks([det.memory_bank, self.bank_from(det, find_volumes(cfg.support))])
         return det
 
-    def make_runner(self, detector):
-        """A :class:`medad.inference.VolumeRunner` with the ``runner.*`` options (``top_k`` from the app)."""
+    def make_runner(self, detector, job=None):
+        """A :class:`medad.inference.VolumeRunner` with the ``runner.*`` options (``top_k`` from the app); with an
+        :class:`~medad.label.server.queue.InferJob` ``job``, the job's ``slices_done`` follows the scoring."""
         from medad.inference import VolumeRunner
 
+        if job is not None:
+            detector = _ProgressDetector(detector, job)
         return VolumeRunner(detector, **{"top_k": self.config.top_k, **self.config.runner_options})
 
-    def support_slices(self, volume, detector) -> torch.Tensor:
-        """``config.shots`` model inputs ``[N, 3, S, S]`` from a normal volume, prepared exactly as the runner does.
-
-        :meth:`VolumeRunner.model_inputs` applies the runner's own intensity scaling, view, padding, resizing and
-        empty-slice rule; ``shots`` slices evenly spaced over the central 80 % of the non-empty slices are kept (the
-        outermost slices of a study are often partial).
-        """
+    def model_inputs(self, volume, detector) -> torch.Tensor:
+        """All non-empty slices of ``volume`` as model inputs ``[S, 3, size, size]``, prepared exactly as the runner
+        does (:meth:`VolumeRunner.model_inputs`: its intensity scaling, view, padding, resizing, empty-slice rule)."""
         x, _ = self.make_runner(detector).model_inputs(volume)  # prepares inputs, runs no model
         if not len(x):
             raise ValueError("the normal study has no non-empty slice (all background after intensity scaling)")
-        lo, hi = 0.1 * (len(x) - 1), 0.9 * (len(x) - 1)
-        idx = np.unique(np.round(np.linspace(lo, hi, min(self.config.shots, len(x)))).astype(int))
-        return x[torch.as_tensor(idx)]
+        return x
+
+    def bank_index(self, n: int) -> np.ndarray:
+        """Which of ``n`` slices go to the memory bank: ``config.shots`` evenly spaced over the central 80 % (the
+        outermost slices of a study are often partial)."""
+        lo, hi = 0.1 * (n - 1), 0.9 * (n - 1)
+        return np.unique(np.round(np.linspace(lo, hi, min(self.config.shots, n))).astype(int))
+
+    def support_slices(self, volume, detector) -> torch.Tensor:
+        """The ``config.shots`` model inputs ``[N, 3, S, S]`` of a normal volume that go to the memory bank
+        (:meth:`bank_index` of :meth:`model_inputs`)."""
+        x = self.model_inputs(volume, detector)
+        return x[torch.as_tensor(self.bank_index(len(x)))]
 
     def bank_from(self, detector, sources: Sequence[str | os.PathLike | dict]):
         """Memory bank of ``config.shots`` slices of each normal volume in ``sources`` (None if no sources).
 
         ``sources``: image paths or :func:`medad.io.find_volumes` items. ``detector.memory_bank`` is left unchanged.
         """
-        images = [self.support_slices(_load(src), detector) for src in sources]
+        images = [self.support_slices(load_source(src), detector) for src in sources]
         if not images:
             return None
         previous = detector.memory_bank
@@ -169,7 +183,31 @@ class DetectorStore:
                 self._detector = self.build()
                 self._runner = self.make_runner(self._detector)
                 self._loaded_mtime = mtime
+                self._snapshot = self._take_snapshot(self._detector)
             return self._detector, self._runner
+
+    def _take_snapshot(self, det) -> dict[str, Any]:
+        bank = det.memory_bank
+        return {"backbone": det.backbone, "object_name": det.options.object_name,
+                "thresholds": list(det.options.thresholds),
+                "memory_bank_tokens": len(bank) if bank is not None else 0,
+                "bank_normalizer_fitted": bool(det.normalizer.is_fitted("pixel_bank")),
+                "calibrated": getattr(det.options, "calibration", None) is not None,
+                "site_checkpoint": bool(self._site_in_use)}
+
+    def refresh_async(self) -> None:
+        """Reload in a background thread if the site checkpoint changed (``/info`` calls this: it never waits)."""
+        if self._detector is None or self._site_mtime() == self._loaded_mtime:
+            return
+        if self._reloading is None or not self._reloading.is_alive():  # a second thread's get() finds it loaded
+            self._reloading = threading.Thread(target=self.get, name="medad-reload", daemon=True)
+            self._reloading.start()
+
+    def thresholds(self) -> tuple[float, ...]:
+        """The loaded detector's grading thresholds (no waiting for a load in progress)."""
+        from medad.model.options import DEFAULT_THRESHOLDS
+
+        return tuple(self._snapshot.get("thresholds") or self.config.thresholds or DEFAULT_THRESHOLDS)
 
     def provenance(self) -> dict[str, Any]:
         """:func:`medad.inference.provenance` of the loaded detector and runner (the model fingerprint covers the
@@ -184,10 +222,35 @@ class DetectorStore:
             return dict(self._provenance[1])
 
     def info(self) -> dict[str, Any]:
-        """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers)."""
-        det, _ = self.get()
-        bank = det.memory_bank
-        return {"backbone": det.backbone, "object_name": det.options.object_name, "thresholds": list(det.options.thresholds),
-                "memory_bank_tokens": len(bank) if bank is not None else 0,
-                "site_checkpoint": bool(self._site_in_use)}
+        """Plain-data summary for ``/info`` (no paths beyond the app's own, no identifiers), from the snapshot of the
+        last load, plus the reviewer loop's last report: never waits for an inference or a load."""
+        import json as _json
 
+        self.refresh_async()
+        out = dict(self._snapshot)
+        if self._reloading is not None and self._reloading.is_alive():
+            out["reloading"] = True
+        try:
+            with open(self.config.report_path) as f:
+                out["reviewer_loop"] = _json.load(f)
+        except (OSError, ValueError):
+            pass
+        return out
+
+
+class _ProgressDetector:
+    """The detector, counting the slices it scores into an inference job's progress."""
+
+    def __init__(self, detector, job) -> None:
+        self._detector = detector
+        self._job = job
+        self._done = 0
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+    def predict(self, images, *args, **kwargs):
+        res = self._detector.predict(images, *args, **kwargs)
+        self._done += len(images)
+        self._job.progress(self._done)
+        return res

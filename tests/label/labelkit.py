@@ -98,6 +98,7 @@ def label_client(app_dir: Path, studies: str, conf: dict, tmp: Path):
     from fastapi.testclient import TestClient
     from monailabel.interfaces.utils.app import clear_cache
 
+    conf = {"workspace": str(tmp / "workspace"), **conf}  # the app's own files: private to this client
     configure_monailabel(app_dir, studies, conf, tmp)
     with TestClient(medad.label.asgi.app, raise_server_exceptions=False) as client:
         yield client
@@ -115,6 +116,7 @@ def live_server(app_dir: Path, studies: str, conf: dict, tmp: Path, startup_s: f
     import medad.label.asgi
     from monailabel.interfaces.utils.app import clear_cache
 
+    conf = {"workspace": str(tmp / "workspace"), **conf}
     configure_monailabel(app_dir, studies, conf, tmp)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(medad.label.asgi.app, host="127.0.0.1", port=port, log_level="warning"))
@@ -147,3 +149,53 @@ def series_modalities(pacs) -> list[str]:
     r = requests.get(f"{pacs.dicomweb}/series", headers={"Accept": "application/dicom+json"}, timeout=30)
     r.raise_for_status()
     return sorted(s["00080060"]["Value"][0] for s in (r.json() if r.content else []))
+
+
+# ------------------------------------------------------------------------------------------------------ processes
+@contextlib.contextmanager
+def medad_label_server(studies: Path, workspace: Path | None, conf: dict, tmp: Path, startup_s: float = 240.0,
+                       extra_args: tuple = ()):
+    """``python -m medad label`` as a real process on 127.0.0.1:<free port> (``--conf`` pairs from ``conf``),
+    stopped by PID afterwards; yields the base URL. The server log is printed at the end (shown on failure)."""
+    import sys
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAI_LABEL_")}  # no settings of other tests
+    env["MONAI_LABEL_SESSION_PATH"] = str(tmp / "sessions")
+    cmd = [sys.executable, "-m", "medad", "label", "--studies", str(studies), "--port", str(port),
+           "--log-level", "info", *extra_args]
+    if workspace is not None:
+        cmd += ["--workspace", str(workspace)]
+    for key, value in conf.items():
+        cmd += ["--conf", key, str(value)]
+    log_path = tmp / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_http(f"{url}/info/", startup_s, proc):
+            raise RuntimeError(f"medad label did not start (exit code {proc.poll()}):\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
+        yield url
+    finally:
+        stop_pid(proc, timeout=20)
+        log.close()
+        print(log_path.read_text(errors="replace")[-4000:])
+
+
+def tree_snapshot(root: Path, skip: tuple = ()) -> dict[str, tuple]:
+    """``{relative path: (kind, size, mtime_ns)}`` of everything under ``root`` (top-level names in ``skip`` left
+    out): compare two snapshots to see that nothing was created, changed or removed."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel_dir, name))] = ("dir",)
+        for name in filenames:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.normpath(os.path.join(rel_dir, name))] = ("file", st.st_size, st.st_mtime_ns)
+    return out

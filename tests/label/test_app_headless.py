@@ -120,7 +120,7 @@ def test_reviewer_loop_adds_normals_to_the_memory_bank(app_dir, studies_dir, tmp
         assert stats["status"] == "done" and stats["normal_studies"] == 1
         assert stats["bank_tokens"] == int(TEST_CONF["shots"]) * 17 * 17  # 17x17 patch tokens per slice (no cls)
 
-        site = app_dir / "model" / "site_adapters.pt"
+        site = tmp_path / "workspace" / "site_adapters.pt"
         ckpt = torch.load(site, map_location="cpu", weights_only=True)  # plain tensors only
         assert ckpt["medad"]["memory_bank"]["seg"].shape[1] == stats["bank_tokens"]
         assert ckpt["medad"]["provenance"]["site_normals"] == 1
@@ -138,13 +138,16 @@ def test_reviewer_loop_adds_normals_to_the_memory_bank(app_dir, studies_dir, tmp
     from medad.label.config import LabelConfig
     from medad.label.store import DetectorStore
 
-    same = DetectorStore(LabelConfig.from_conf(str(app_dir), TEST_CONF))
+    ws = {"workspace": str(tmp_path / "workspace")}
+    same = DetectorStore(LabelConfig.from_conf(str(app_dir), {**TEST_CONF, **ws}))
     assert len(same.get()[0].memory_bank) == stats["bank_tokens"] and same.info()["site_checkpoint"] is True
-    other = DetectorStore(LabelConfig.from_conf(str(app_dir), {**TEST_CONF, "shots": "3"}))
+    other = DetectorStore(LabelConfig.from_conf(str(app_dir), {**TEST_CONF, **ws, "shots": "3"}))
     assert other.get()[0].memory_bank is None and other.info()["site_checkpoint"] is False
 
 
 def test_conf_errors_name_the_option(tmp_path):
+    from pathlib import Path
+
     from medad.label.config import ConfigError, LabelConfig
 
     with pytest.raises(ConfigError, match="thresholds"):
@@ -157,7 +160,15 @@ def test_conf_errors_name_the_option(tmp_path):
                                                 "zoo_source": "local"})
     assert cfg.adapters == "demo" and cfg.shots == 8 and cfg.runner_options == {"batch_size": 4}
     assert cfg.backbone is None  # the adapters checkpoint decides (medad.load_detector)
-    assert cfg.site_checkpoint == str(tmp_path / "model" / "site_adapters.pt")
+    assert cfg.site_checkpoint == str(tmp_path / "workspace" / "site_adapters.pt")  # never in the app or studies
+    studies = tmp_path / "studies"
+    cfg = LabelConfig.from_conf(str(tmp_path), {}, studies=str(studies))
+    assert cfg.adapters == "demo"  # the default without adapters/weights/backbone, as medad score
+    assert Path(cfg.workspace).parent.name == "label" and Path(cfg.workspace).name.startswith("studies-")
+    assert not Path(cfg.workspace).is_relative_to(studies)
+    assert LabelConfig.from_conf(str(tmp_path), {"adapters": "none", "backbone": "tiny"}).adapters is None
+    with pytest.raises(ConfigError, match="max_upload_mb"):
+        LabelConfig.from_conf(str(tmp_path), {"max_upload_mb": "-3"})
 
 
 def test_support_studies_build_the_memory_bank_at_start(tmp_path, studies_dir):

@@ -22,10 +22,26 @@ def test_server_argv_is_loopback_offline_and_maps_options(studies_dir):
     opt = dict(zip(argv[1::2], argv[2::2]))
     assert opt["--host"] == "127.0.0.1" and opt["--port"] == "8000"
     assert opt["--uvicorn_app"] == "medad.label.asgi:app"  # the pydicom-3 shim
-    assert opt["--app"] == str(cli.default_app_dir())
     confs = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "--conf"]
+    workspace = dict(confs)["workspace"]
+    from medad.label.config import default_workspace
+    from pathlib import Path
+
+    assert workspace == default_workspace(str(studies_dir))
+    # the repository's app runs as a copy in the workspace: MONAI Label's logs/, model/, bin/ never land in apps/
+    assert opt["--app"] == str(Path(workspace) / "app") and (Path(workspace) / "app" / "main.py").is_file()
+    assert (Path(workspace) / "app" / "main.py").read_text() == (cli.default_app_dir() / "main.py").read_text()
     assert ("zoo_source", "local") in confs and ("adapters", "demo") in confs
     assert ("thresholds", "0.2,0.4,0.6") in confs and ("object_name", "Liver") in confs and ("top_k", "7") in confs
+
+
+def test_defaults_are_medad_score_s(studies_dir):
+    from medad.label.config import LabelConfig
+
+    argv = cli.build_server_argv(_parse("--studies", str(studies_dir)), copy_app=False)
+    conf = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv) if a == "--conf"}
+    assert "adapters" not in conf  # nothing forced on the command line ...
+    assert LabelConfig.from_conf("app", conf, studies=str(studies_dir)).adapters == "demo"  # ... the demo model
 
 
 def test_dryrun_checks_options(studies_dir, capsys):

@@ -69,7 +69,11 @@ def test_medad_label_server_process(app_dir, studies_dir, tmp_path):
             assert time.monotonic() < deadline, task
             time.sleep(1)
         assert task["status"] == "DONE", task.get("details")
-        bank = requests.get(f"{url}/info/", timeout=30).json()["models"]["anomaly"]["medad"]
+        deadline = time.monotonic() + 60  # the server reloads the new site checkpoint in the background
+        while not (bank := requests.get(f"{url}/info/", timeout=30).json()["models"]["anomaly"]["medad"]).get(
+                "site_checkpoint") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert bank["reviewer_loop"]["status"] == "activated" and bank["bank_normalizer_fitted"] is True
         assert bank["site_checkpoint"] is True and bank["memory_bank_tokens"] == 2 * 17 * 17  # shots 2 (TEST_CONF)
 
         # the server still answers after the reviewer loop, then stops on SIGTERM by itself

@@ -14,7 +14,8 @@ import logging
 from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFoundException, MONAILabelError,
                                              MONAILabelException)
 
-__all__ = ["BadRequest", "NotFound", "install_exception_handlers", "status_for"]
+__all__ = ["BadRequest", "Busy", "Conflict", "Forbidden", "NotFound", "PayloadTooLarge", "RequestError",
+           "UnsupportedMedia", "install_exception_handlers", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,24 +28,58 @@ _CLIENT_500_DETAILS = {
 }
 
 
+class RequestError(MONAILabelException):
+    """A client mistake: ``status_code`` is the HTTP status answered, the message says what to do instead."""
+
+    status_code = 400
+
+    def __init__(self, msg: str, status_code: int | None = None, headers: dict | None = None):
+        super().__init__(MONAILabelError.INVALID_INPUT, msg)
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = dict(headers or {})
 
 
-class BadRequest(MONAILabelException):
+class BadRequest(RequestError):
     """A request parameter is malformed (HTTP 400)."""
 
     status_code = 400
 
-    def __init__(self, msg: str):
-        super().__init__(MONAILabelError.INVALID_INPUT, msg)
+
+class Forbidden(RequestError):
+    """The request is understood but not allowed (HTTP 403), e.g. deleting a file of the user's studies folder."""
+
+    status_code = 403
 
 
-class NotFound(MONAILabelException):
-    """The requested model, image or label does not exist (HTTP 404)."""
+class NotFound(RequestError):
+    """The requested model, image, label or strategy does not exist (HTTP 404)."""
 
     status_code = 404
 
-    def __init__(self, msg: str):
-        super().__init__(MONAILabelError.INVALID_INPUT, msg)
+
+class Conflict(RequestError):
+    """The request conflicts with the server's state (HTTP 409), e.g. a refused site checkpoint."""
+
+    status_code = 409
+
+
+class PayloadTooLarge(RequestError):
+    """An upload is larger than ``--conf max_upload_mb`` (HTTP 413)."""
+
+    status_code = 413
+
+
+class UnsupportedMedia(RequestError):
+    """An upload is not a file type the endpoint takes, or not readable as one (HTTP 415)."""
+
+    status_code = 415
+
+
+class Busy(RequestError):
+    """The inference queue is full (HTTP 503 with ``Retry-After``)."""
+
+    status_code = 503
 
 
 def status_for(exc: Exception) -> int:
@@ -75,7 +110,8 @@ def install_exception_handlers(app) -> None:
         status = status_for(exc)
         if status >= 500:
             logger.error("%s %s failed: %s", request.method, request.url.path, exc.msg)
-        return JSONResponse(status_code=status, content={"detail": exc.msg, "error": exc.error.value})
+        return JSONResponse(status_code=status, content={"detail": exc.msg, "error": exc.error.value},
+                            headers=getattr(exc, "headers", None) or None)
 
     async def on_bad_json(request, exc):
         return JSONResponse(status_code=400, content={

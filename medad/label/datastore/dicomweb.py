@@ -20,13 +20,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import install_pydicom_shim
+from .. import install_pydicom_shim
 
 install_pydicom_shim()
 
 from monailabel.datastore.dicom import DICOMWebDatastore  # noqa: E402
 from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.datastore import DefaultLabelTag  # noqa: E402
+
+from ..server.errors import Forbidden  # noqa: E402
+from .ids import check_id, check_tag  # noqa: E402
 
 __all__ = ["MedadDICOMWebDatastore", "label_to_dicom_seg", "nifti_to_dicom_seg", "segment_names"]
 
@@ -99,10 +102,46 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
         return cls(client=other._client, search_filter=other._search_filter, cache_path=cache,
                    fetch_by_frame=other._fetch_by_frame, convert_to_nifti=other._convert_to_nifti)
 
+    def roots(self) -> list[str]:
+        """Folders a request may make the server read: the DICOMweb cache of this PACS."""
+        return [os.path.dirname(self._datastore_path)]
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        raise Forbidden("this server's studies are those of the PACS: store new studies there (STOW-RS, e.g. "
+                        "medad.io.stow or the PACS's own upload), not through PUT /datastore/image.")
+
+    def remove_image(self, image_id: str) -> None:
+        raise Forbidden("this server's studies are those of the PACS: delete them there, not through the server.")
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_id(label_id)
+        check_tag(label_tag)
+        super().remove_label(label_id, label_tag)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        check_id(label_id)
+        check_tag(label_tag)
+        return super().get_label_uri(label_id, label_tag, image_id)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        check_id(label_id)
+        check_tag(label_tag)
+        return super().get_label_info(label_id, label_tag)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        check_id(label_id)
+        check_tag(label_tag)
+        super().update_label_info(label_id, label_tag, info)
+
+    def reference_mask(self, image_id: str) -> str:
+        """No reference masks in a PACS (reviewer labels are the known lesions)."""
+        return ""
+
     def get_image_uri(self, image_id: str) -> str:
         """The cached image; on the first fetch MONAI Label 0.8.5 returns (and leaves behind) the temporary NIfTI it
         converted the series to, away from the cached DICOM files. Return the cached copy instead and delete the
         temporary file, so the infer task finds the source series next to the image."""
+        check_id(image_id)
         uri = super().get_image_uri(image_id)
         if not self._convert_to_nifti:
             return uri
@@ -116,6 +155,8 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
+        check_id(image_id)
+        check_tag(label_tag)
         if label_tag != DefaultLabelTag.FINAL:
             return super().save_label(image_id, label_filename, label_tag, label_info)  # no dcmqi involved
         import medad.io
