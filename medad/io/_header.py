@@ -107,7 +107,8 @@ _MAGIC = ((b"PK\x03\x04", "a ZIP archive (unpack it to score what it holds)"),
           (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive (unpack it to score what it holds)"),
           (b"%PDF", "a PDF document"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
           (b"GIF8", "a GIF image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
-          (b"BM", "a BMP image"), (b"<?xml", "an XML file"), (b"{", "a JSON or text file"))
+          (b"BM", "a BMP image"), (b"<?xml", "an XML file"), (b"{", "a JSON or text file"),
+          (b"\x00\x05\x16\x07", "a macOS AppleDouble file (resource fork of a copied file)"))
 
 
 def _what_is(fp) -> str:

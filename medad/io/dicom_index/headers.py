@@ -386,9 +386,11 @@ def classify(h: Header, values: dict) -> tuple[str, str] | None:
     if h.frames > 1:
         return "unsupported", "multi-frame object without functional-group geometry (cine, NM or US)"
     spp = _int(values.get("SamplesPerPixel"), 1)
-    if spp != 1:
-        pi = (values.get("PhotometricInterpretation") or ("?",))[0]
-        return "unsupported", f"colour image ({pi}, {spp} samples per pixel): only grayscale volumes are scored"
+    pi = (values.get("PhotometricInterpretation") or ("",))[0].upper()
+    if spp != 1 or pi == "PALETTE COLOR":
+        return "unsupported", f"colour image ({pi or '?'}, {spp} samples per pixel): only grayscale volumes are scored"
+    if h.rows <= 0 or h.cols <= 0:
+        return "unreadable", f"an image of {h.cols}x{h.rows} pixels"
     if h.iop is None or h.ipp is None or h.spacing is None:
         return "no_geometry", ("no ImagePositionPatient, ImageOrientationPatient or PixelSpacing: not part of a volume "
                                "(2D image or secondary capture)")
