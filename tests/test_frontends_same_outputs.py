@@ -76,7 +76,7 @@ def via_bundle(case):
     out = case["root"] / "bundle"
     wf = ConfigWorkflow(config_file=str(REPO / "bundles" / "mri_ct_slice_anomaly_mvfa" / "configs" / "inference.json"),
                         workflow_type="infer", logging_file=False, dataset_dir=str(case["data"].parents[1]),
-                        output_dir=str(out), adapters=str(case["ckpt"]), precision="fp32", device="$torch.device('cpu')",
+                        output_dir=str(out), model_path=str(case["ckpt"]), precision="fp32", device="$torch.device('cpu')",
                         top_k=TOP_K, save_dicom=True)
     wf.initialize()
     wf.run()

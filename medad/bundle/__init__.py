@@ -15,17 +15,20 @@ imports when run from the bundle root, see ``ecosystem.md`` 0.6). Everything a c
 * :class:`SaveAnomalyMapd`, :class:`SaveVolumeScoresd` - the outputs through :func:`medad.inference.write_outputs`
   (NIfTI map, optional DICOM Parametric Map and SEG for DICOM sources) and the scores table with
   ``medad score``'s columns (:data:`medad.inference.RESULTS_COLUMNS`).
-* :class:`MVFATrainer`, :class:`MVFAEvaluator` - ``trainer``/``evaluator`` with ``.run()`` over
-  :func:`medad.training.train` / :func:`medad.evaluation.evaluate`; :func:`make_demo_dataset` - a small synthetic
-  MVFA-layout dataset to try them.
+* :class:`AnomalyDatasets`, :class:`MVFATrainer`, :class:`MVFAEvaluator` - ``train#dataset``, ``train#trainer``
+  and ``validate#evaluator`` (the model zoo's ids) with ``.run()`` over :func:`medad.training.train` /
+  :func:`medad.evaluation.evaluate`.
+* :func:`make_demo_volumes`, :func:`make_demo_dataset` - the demo data the bundle makes for itself (phantom volumes
+  for inference, a small MVFA-layout slice dataset for training/evaluation).
 """
 
 from .data import LoadVolumed, output_name
+from .demo import make_demo_dataset, make_demo_volumes
 from .inference import (SCORE_META_KEYS, SaveAnomalyMapd, SaveVolumeScoresd, VolumeInferer, prepare_volume_batch,
                         volume_result)
 from .network import SliceAnomalyNet, save_model
-from .training import MVFAEvaluator, MVFATrainer, make_demo_dataset
+from .training import AnomalyDatasets, MVFAEvaluator, MVFATrainer
 
 __all__ = ["SliceAnomalyNet", "save_model", "LoadVolumed", "output_name", "VolumeInferer", "prepare_volume_batch",
-           "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "volume_result", "MVFATrainer", "MVFAEvaluator",
-           "make_demo_dataset"]
+           "SaveAnomalyMapd", "SaveVolumeScoresd", "SCORE_META_KEYS", "volume_result", "AnomalyDatasets", "MVFATrainer",
+           "MVFAEvaluator", "make_demo_dataset", "make_demo_volumes"]

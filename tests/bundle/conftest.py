@@ -20,8 +20,10 @@ def demo_available() -> bool:
 
 
 def model_overrides() -> dict:
-    """The embedded demo model when it is installed, else the tiny backbone with fresh adapters (same cost)."""
-    return {} if demo_available() else {"adapters": None, "backbone": "tiny"}
+    """Overrides to run the bundle's configs from anywhere, as the model zoo's CI does: ``bundle_root`` = the bundle
+    folder (its ``bundle_root`` is ``"."``), so ``models/model.pt`` is the shipped demo model. Pass ``output_dir``
+    too, or the outputs go to the bundle's ``eval/``."""
+    return {"bundle_root": str(BUNDLE)}
 
 
 @pytest.fixture(scope="session")

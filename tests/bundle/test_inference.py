@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from .conftest import CONFIGS, REPO, SAMPLE, demo_available, model_overrides
+from .conftest import BUNDLE, CONFIGS, REPO, SAMPLE, demo_available, model_overrides
 
 
 def _read_csv(path):
@@ -39,7 +39,7 @@ def inference_run(dataset_dir, tmp_path_factory):
 def test_workflow_properties(inference_run):
     wf, _, missing = inference_run
     assert missing == []  # every InferProperties/MetaProperties id is present
-    assert wf.parser.get_parsed_content("bundle_root") == "bundles/mri_ct_slice_anomaly_mvfa"
+    assert wf.parser.get_parsed_content("bundle_root") == str(BUNDLE)  # the zoo's override of the config's "."
 
 
 def test_outputs_and_csv(inference_run, dataset_dir):

@@ -1,4 +1,4 @@
-"""metadata.json against the vendored schema, verify_net_in_out, ckpt_export and SliceAnomalyNet's state dicts."""
+"""metadata versions, verify_net_in_out, ckpt_export and SliceAnomalyNet's state dicts (the zoo schema: test_zoo_verify.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,6 @@ import pytest
 import torch
 
 from .conftest import BUNDLE, CONFIGS, model_overrides
-
-SCHEMA = BUNDLE / "docs" / "metadata_schema.json"
-
-
-def test_verify_metadata_offline(tmp_path):
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))  # no download: the file exists
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert "optional_packages_version" not in meta and "medad" in meta["required_packages_version"]
-    del meta["network_data_format"]["inputs"]["image"]["channel_def"]
-    bad = tmp_path / "metadata.json"
-    bad.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="channel_def"):
-        verify_metadata(meta_file=str(bad), filepath=str(SCHEMA))
-
 
 def test_metadata_matches_installed_versions():
     import monai
@@ -164,12 +148,14 @@ def test_load_state_dict_rejects_wrong_backbone(net_with_bank):
 
 
 def test_large_files_lists_the_known_clip_weights():
-    """large_files.yml names the OpenAI file with the SHA-256 medad verifies (and keeps it out of models/*.pt)."""
+    """large_files_clip.yml names the OpenAI file with the SHA-256 medad verifies (and keeps it out of models/*.pt);
+    there is no large_files.yml, whose entries the model zoo's release step would download into its zip."""
     import yaml
 
     from medad.model.backbone import get_backbone_config
 
-    entries = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    assert not any((BUNDLE / f"large_files.{ext}").exists() for ext in ("yml", "yaml", "json"))
+    entries = yaml.safe_load((BUNDLE / "large_files_clip.yml").read_text())["large_files"]
     known = get_backbone_config("ViT-L-14-336")["known_weights"]["openai"]
     (entry,) = entries
     assert entry["hash_type"] == "sha256" and entry["hash_val"] == known["sha256"]
@@ -178,7 +164,7 @@ def test_large_files_lists_the_known_clip_weights():
 
 
 def test_weight_overrides_reach_the_detector(tmp_path):
-    """--backbone_weights / --adapters (released MVFA format) are what network_def loads."""
+    """--backbone_weights / --model_path (released MVFA format) are what network_def loads."""
     from monai.bundle import ConfigParser
 
     import medad
@@ -198,9 +184,9 @@ def test_weight_overrides_reach_the_detector(tmp_path):
         parser.update(override)
         return parser.get_parsed_content("network_def")
 
-    net = network_def(backbone="tiny", adapters=str(official))
+    net = network_def(backbone="tiny", model_path=str(official))
     for a, b in zip(net.detector.model.adapters.parameters(), src.model.adapters.parameters()):
         torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError) as err:
-        network_def(backbone="tiny", adapters=str(official), backbone_weights=str(tmp_path / "ViT-L-14-336px.pt"))
+        network_def(backbone="tiny", model_path=str(official), backbone_weights=str(tmp_path / "ViT-L-14-336px.pt"))
     assert isinstance(err.value.__cause__, WeightsError) and "ViT-L-14-336px.pt" in str(err.value.__cause__)

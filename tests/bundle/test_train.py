@@ -14,16 +14,11 @@ TRAIN = str(CONFIGS / "train.json")
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    """Two small synthetic datasets (Brain_AD, Liver_AD) in MVFA layout, made by the bundle's make_demo_data step."""
-    from monai.bundle import ConfigWorkflow
-
-    root = tmp_path_factory.mktemp("demo_data")
-    wf = ConfigWorkflow(config_file=TRAIN, logging_file=False, run_id="make_demo_data", demo_data_dir=str(root),
-                        demo_shape=[64, 64, 12], workflow_type=None)
-    wf.initialize()
-    wf.run()
+    """Two small synthetic datasets (Brain_AD, Liver_AD) in MVFA layout, made by the bundle's demo-data maker."""
     import medad.bundle as mb
 
+    root = tmp_path_factory.mktemp("demo_data")
+    mb.make_demo_dataset(root, name="Brain_AD", seed=111, shape=(64, 64, 12))
     mb.make_demo_dataset(root, name="Liver_AD", seed=7, shape=(48, 48, 10))
     return root
 
@@ -32,10 +27,11 @@ def _workflow(config_file, **override):
     from monai.bundle import ConfigWorkflow
 
     base = dict(backbone="tiny", max_epochs=1, k=1, batch_size=8)
-    # workflow_type=None: MVFA training is medad.training.train on cached features, not MONAI's nested
-    # train::trainer/dataset/inferer ignite layout that the "train" property check expects
-    wf = ConfigWorkflow(config_file=config_file, logging_file=False, workflow_type=None, **{**base, **override})
+    # workflow_type "train": the zoo's train ids (train#trainer, train#trainer#max_epochs, train#dataset,
+    # train#inferer) are there; every test passes its own output_dir (bundle_root "." is the working directory)
+    wf = ConfigWorkflow(config_file=config_file, logging_file=False, workflow_type="train", **{**base, **override})
     wf.initialize()
+    assert wf.check_properties() == []
     return wf
 
 
@@ -72,7 +68,7 @@ def test_few_shot_one_epoch(few_shot):
     assert extra["normalizer"]["low"].isfinite().all()  # fitted on the non-support valid images
     hist = json.loads((out / "train_history.json").read_text())
     assert [h["epoch"] for h in hist["history"]] == [1] and hist["history"][0]["loss"] > 0
-    assert wf.parser.get_parsed_content("trainer").result.best_epoch == 1
+    assert wf.parser.get_parsed_content("train#trainer").result.best_epoch == 1
 
 
 def test_trained_model_feeds_inference_network(few_shot):
@@ -134,12 +130,13 @@ def test_bad_mode_is_rejected(demo_root, tmp_path):
     assert "mode must be one of" in str(err.value.__cause__ or err.value)
 
 
-def test_multi_gpu_config_merges(monkeypatch):
+def test_multi_gpu_config_merges(monkeypatch, demo_root, tmp_path):
     """multi_gpu_train.json replaces device/initialize/finalize; without torchrun it runs as one process."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    wf = _workflow([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
+    wf = _workflow([TRAIN, str(CONFIGS / "multi_gpu_train.json")], dataset_dir=str(demo_root / "Brain_AD"),
+                   output_dir=str(tmp_path))
     init = wf.parser["initialize"]
     assert any("init_distributed" in e for e in init) and any("cleanup" in e for e in wf.parser["finalize"])
     assert wf.parser.get_parsed_content("device") in ("cpu", "cuda:0")
-    assert wf.parser["trainer"]["_target_"] == "medad.bundle.MVFATrainer"
+    assert wf.parser["train"]["trainer"]["_target_"] == "medad.bundle.MVFATrainer"
     wf.finalize()
