@@ -151,7 +151,8 @@ _m = __import__("vtk").vtkMatrix4x4()
 _map.GetIJKToRASMatrix(_m)
 _ras = _m.MultiplyPoint([float(_i), float(_j), float(_k), 1.0])[:3]
 slicer.modules.markups.logic().JumpSlicesToLocation(_ras[0], _ras[1], _ras[2], True)
-print("medad: anomaly map of", _image, "shown; maximum", round(float(_a.max()), 3), "at RAS", [round(v, 1) for v in _ras])
+print("medad: anomaly map of", _image, "shown; maximum", round(float(_a.max()), 3),
+      "at RAS", [round(v, 1) for v in _ras])
 '''
 
 

@@ -57,16 +57,20 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def write_phantom_nifti(path: Path, seed: int, n_lesions: int = 2, shape=(48, 40, 12), flip_x: bool = False) -> Path:
-    """A small synthetic CT head as NIfTI (int16 HU). ``flip_x`` stores it with a non-RAS (+x) orientation."""
+def write_phantom_nifti(path: Path, seed: int, n_lesions: int = 2, shape=(48, 40, 12), flip_x: bool = False,
+                        mask_path: Path | None = None, spacing=(4.0, 4.0, 8.0)) -> Path:
+    """A small synthetic CT head as NIfTI (int16 HU). ``flip_x`` stores it with a non-RAS (+x) orientation;
+    ``mask_path`` also writes its lesion mask (uint8) there."""
     from medad.synthetic.phantoms import default_affine, make_ct_phantom
 
-    affine = default_affine(shape, (4.0, 4.0, 8.0))
+    affine = default_affine(shape, spacing)
     if flip_x:
         affine[:3, 0] *= -1
         affine[0, 3] = -affine[0, 3]
-    hu, _, affine = make_ct_phantom(seed, shape=shape, n_lesions=n_lesions, affine=affine)
+    hu, mask, affine = make_ct_phantom(seed, shape=shape, n_lesions=n_lesions, affine=affine)
     nib.save(nib.Nifti1Image(hu.astype(np.int16), affine), str(path))
+    if mask_path is not None:
+        nib.save(nib.Nifti1Image((mask > 0).astype(np.uint8), affine), str(mask_path))
     return path
 
 
@@ -154,7 +158,7 @@ def series_modalities(pacs) -> list[str]:
 # ------------------------------------------------------------------------------------------------------ processes
 @contextlib.contextmanager
 def medad_label_server(studies: Path, workspace: Path | None, conf: dict, tmp: Path, startup_s: float = 240.0,
-                       extra_args: tuple = ()):
+                       extra_args: tuple = (), cwd: Path | None = None):
     """``python -m medad label`` as a real process on 127.0.0.1:<free port> (``--conf`` pairs from ``conf``),
     stopped by PID afterwards; yields the base URL. The server log is printed at the end (shown on failure)."""
     import sys
@@ -171,7 +175,7 @@ def medad_label_server(studies: Path, workspace: Path | None, conf: dict, tmp: P
         cmd += ["--conf", key, str(value)]
     log_path = tmp / "server.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd or tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         if not wait_http(f"{url}/info/", startup_s, proc):
