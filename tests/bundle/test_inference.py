@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -92,8 +93,10 @@ def test_dicom_parametric_map_and_seg(inference_run, dataset_dir):
     _, out, _ = inference_run
     row = {r["output_dir"]: r for r in _read_csv(out / "scores.csv")}["ct_head_dicom"]
     folder = out / "ct_head_dicom"
-    assert sorted(p.name for p in folder.iterdir()) == ["ct_head_dicom_anomaly.nii.gz", "ct_head_dicom_pm.dcm",
-                                                        "ct_head_dicom_seg.dcm"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ct_head_dicom_anomaly.json", "ct_head_dicom_anomaly.nii.gz",
+                                                        "ct_head_dicom_pm.dcm", "ct_head_dicom_seg.dcm"]
+    sidecar = json.loads((folder / "ct_head_dicom_anomaly.json").read_text())  # provenance next to the NIfTI map
+    assert len(sidecar["provenance"]["model_sha256"]) == 64 and sidecar["grading"]
     src = pydicom.dcmread(next((dataset_dir / "ct_head" / "dicom").iterdir()), stop_before_pixels=True)
     pm = pydicom.dcmread(folder / "ct_head_dicom_pm.dcm")
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and int(pm.NumberOfFrames) == int(row["slices"])
