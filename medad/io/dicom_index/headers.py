@@ -13,26 +13,16 @@ deflated, other character sets, non-image objects, a cut or odd file) goes to py
 from __future__ import annotations
 
 import functools
-import math
-import re
 import struct
 import sys
 from typing import NamedTuple, Optional
 
-__all__ = ["Header", "ORIENTATION_TOL", "lean_values", "summarize", "values_from_dataset"]
+from .classify import classify
+
+__all__ = ["Header", "ORIENTATION_TOL", "SPLIT_TAGS", "lean_values", "summarize", "values_from_dataset"]
 
 #: ImageOrientationPatient values within this (per component) are one orientation, when grouping and when loading.
 ORIENTATION_TOL = 1e-4
-_UNIT_TOL = 1e-3  # |row|, |column| within 1e-3 of 1 and row.column within 1e-3 of 0, else the orientation is degenerate
-
-_PROJECTION_MODALITIES = {"CR": "computed radiography", "DX": "digital radiography", "MG": "mammography",
-                          "XA": "X-ray angiography", "RF": "radiofluoroscopy", "IO": "intra-oral radiography",
-                          "PX": "panoramic X-ray"}
-_PROJECTION_TYPES = {"PROJECTION IMAGE", "MIP", "MINIP", "MAXIP", "MAX_IP", "MIN_IP", "VOLUME RENDER",
-                     "VOLUME_RENDER", "VOLUME RENDERING", "SSD", "SURFACE RENDERING"}
-_PROJECTION_RE = re.compile(r"(?<![a-z0-9])(mip|minip|maxip|mip[ _-]?\w*|vrt|volume[ _-]?render\w*|projection)"
-                            r"(?![a-z0-9])", re.I)
-
 
 class Header(NamedTuple):
     """What indexing knows about one file (small, picklable). ``reason`` is empty for a usable volume slice."""
@@ -163,64 +153,102 @@ def _value(raw: bytes, vr: str) -> tuple[str, ...]:
 
 
 _HH, _H, _L = struct.Struct("<HH"), struct.Struct("<H"), struct.Struct("<L")
+_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH",
+              b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 
 
 def lean_values(path: str, size: int) -> dict:
-    """The needed values of a well-formed Part-10 image file, or :class:`_Fallback`."""
+    """The needed values of a well-formed Part-10 image file, or :class:`_Fallback`.
+
+    One ``read`` of the first 64 KiB; the element headers are walked in that buffer (a tight loop: tag, VR, length,
+    skip), values are kept only for the needed tags. A header longer than the buffer is walked through a window that
+    reads further (:class:`_Buffer`).
+    """
     with open(path, "rb") as fh:
         buf = _Buffer(fh, size)
-        if buf.get(128, 4) != b"DICM":
+        data = buf.data
+        if len(data) < 140 or data[128:132] != b"DICM":
             raise _Fallback
-        raw: dict[str, object] = {}
-        pos, explicit, in_meta = 132, True, True
-        tags = _TAGS
-        while True:
-            if pos == size:
-                raise _Fallback  # no Pixel Data: pydicom tells why
-            data, base = buf.data, buf.base
-            off = pos - base
-            if 0 <= off and off + 12 <= len(data):  # the common case: decode the element header in place
-                group, elem = _HH.unpack_from(data, off)
-                tag = group << 16 | elem
-                if not explicit or group == 0xFFFE:
-                    vr, length, vpos = None, _L.unpack_from(data, off + 4)[0], pos + 8
-                else:
-                    vr = data[off + 4: off + 6]
-                    if vr in _LONG_VRS:
-                        length, vpos = _L.unpack_from(data, off + 8)[0], pos + 12
-                    elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
-                        length, vpos = _H.unpack_from(data, off + 6)[0], pos + 8
-                    else:
-                        raise _Fallback
+        n, pos, raw = len(data), 132, {}
+        unpack_h, unpack_l, unpack_hh = _H.unpack_from, _L.unpack_from, _HH.unpack_from
+        while pos + 8 <= n and data[pos] == 2 and data[pos + 1] == 0:  # file meta: group 0002, explicit VR LE
+            elem, vr = unpack_h(data, pos + 2)[0], data[pos + 4: pos + 6]
+            if vr in _LONG_VRS:
+                length, vpos = unpack_l(data, pos + 8)[0], pos + 12
             else:
-                tag, vr, length, vpos = _element(buf, pos, explicit)
-            if in_meta and tag >> 16 != 0x0002:
-                in_meta = False
-                ts = _text(raw.get("TransferSyntaxUID", b""))
-                if ts == _EXPLICIT_BE or ts in _DEFLATED or not ts:
-                    raise _Fallback
-                if ts == _IMPLICIT_LE:
-                    explicit = False
-                    tag, vr, length, vpos = _element(buf, pos, explicit)
-            if tag >= 0x7FE00008 and tag >> 16 == 0x7FE0:
-                if tag != 0x7FE00010:
+                length, vpos = unpack_h(data, pos + 6)[0], pos + 8
+            if elem in (0x0002, 0x0010):
+                raw["MediaStorageSOPClassUID" if elem == 0x0002 else "TransferSyntaxUID"] = data[vpos: vpos + length]
+            pos = vpos + length
+        ts = _text(raw.get("TransferSyntaxUID", b""))
+        if ts == _EXPLICIT_BE or ts in _DEFLATED or not ts or pos + 8 > n:
+            raise _Fallback
+        explicit = ts != _IMPLICIT_LE
+        get, long_vrs, short_vrs = _TAGS.get, _LONG_VRS, _SHORT_VRS
+        while True:
+            if pos + 12 > n:  # past the first read: continue through the window
+                return _lean_window(buf, raw, pos, explicit, size)
+            group, elem = unpack_hh(data, pos)
+            tag = group << 16 | elem
+            if explicit:
+                vr = data[pos + 4: pos + 6]
+                if vr in long_vrs:
+                    length, vpos = unpack_l(data, pos + 8)[0], pos + 12
+                elif vr in short_vrs:
+                    length, vpos = unpack_h(data, pos + 6)[0], pos + 8
+                else:
+                    raise _Fallback  # not an explicit VR (a writer that switched encodings): pydicom copes
+            else:
+                vr, length, vpos = None, unpack_l(data, pos + 4)[0], pos + 8
+            if group == 0x7FE0 and elem >= 0x0008:
+                if elem != 0x0010:
                     raise _Fallback
                 _check_pixels(buf, raw, vpos, length, size)
                 return raw
             if length == _UNDEFINED:
-                if tag in tags:
-                    raw[tags[tag][0]] = ("1",)
+                known = get(tag)
+                if known is not None:
+                    raw[known[0]] = ("1",)
                 pos = _skip_items(buf, vpos, explicit and vr != b"UN", 1)
                 continue
-            known = tags.get(tag)
+            known = get(tag)
             if known is not None:
                 if known[1] == "SQ":
                     raw[known[0]] = ("1",)
                 else:
-                    if length > _MAX_VALUE or (vr is not None and known[1] in ("US", "FD") and vr.decode() != known[1]):
-                        raise _Fallback
-                    raw[known[0]] = _value(buf.get(vpos, length), known[1] if known[1] in ("US", "FD") else "text")
+                    _keep(raw, known, vr, data[vpos: vpos + length] if vpos + length <= n else buf.get(vpos, length))
             pos = vpos + length
+
+
+def _keep(raw: dict, known: tuple[str, str], vr: bytes | None, value: bytes) -> None:
+    kw, kind = known
+    if kind == "SQ":
+        raw[kw] = ("1",)
+        return
+    if len(value) > _MAX_VALUE or (vr is not None and kind in ("US", "FD") and vr.decode() != kind):
+        raise _Fallback
+    raw[kw] = _value(value, kind) if kind in ("US", "FD") else value
+
+
+def _lean_window(buf: _Buffer, raw: dict, pos: int, explicit: bool, size: int) -> dict:
+    """The rest of :func:`lean_values` for headers longer than the first read."""
+    while True:
+        if pos == size:
+            raise _Fallback  # no Pixel Data: pydicom tells why
+        tag, vr, length, vpos = _element(buf, pos, explicit)
+        if tag >> 16 == 0x7FE0 and tag & 0xFFFF >= 0x0008:
+            if tag != 0x7FE00010:
+                raise _Fallback
+            _check_pixels(buf, raw, vpos, length, size)
+            return raw
+        if length == _UNDEFINED:
+            if tag in _TAGS:
+                raw[_TAGS[tag][0]] = ("1",)
+            pos = _skip_items(buf, vpos, explicit and vr != b"UN", 1)
+            continue
+        if tag in _TAGS:
+            _keep(raw, _TAGS[tag], vr, buf.get(vpos, length) if _TAGS[tag][1] != "SQ" else b"")
+        pos = vpos + length
 
 
 def _text(v) -> str:
@@ -239,7 +267,7 @@ def _check_pixels(buf: _Buffer, raw: dict, vpos: int, length: int, size: int) ->
                 text = v.decode(enc)
             except UnicodeDecodeError:
                 raise _Fallback from None
-            raw[kw] = tuple(p.strip(" \x00") for p in text.split("\\"))
+            raw[kw] = tuple([p.strip(" \x00") for p in text.split("\\")])
     if not all(k in raw for k in ("Rows", "Columns", "BitsAllocated")):
         raise _Fallback
     sop = (raw.get("SOPClassUID") or raw.get("MediaStorageSOPClassUID") or ("",))[0]
@@ -290,6 +318,7 @@ def _floats(v, n: int) -> Optional[tuple]:
     return out if len(out) == n else None
 
 
+@functools.lru_cache(maxsize=4096)
 def _norm(v) -> str:
     """A split-tag value as a canonical string (numbers formatted one way, whichever reader read them)."""
     if not v:
@@ -300,7 +329,7 @@ def _norm(v) -> str:
             parts.append(f"{float(p):.6g}")
         except ValueError:
             parts.append(p.upper())
-    return "\\".join(parts)
+    return sys.intern("\\".join(parts))
 
 
 def values_from_dataset(ds) -> dict:
@@ -321,14 +350,6 @@ def values_from_dataset(ds) -> dict:
         items = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
         out[kw] = tuple(str(x).strip(" \x00") for x in items)
     return out
-
-
-def is_localizer_values(values: dict) -> bool:
-    image_type = [t.upper() for t in values.get("ImageType") or ()]
-    desc = " ".join(values.get("SeriesDescription") or ())
-    from .._header import is_localizer
-
-    return "LOCALIZER" in image_type or is_localizer({"ImageType": image_type, "SeriesDescription": desc})
 
 
 def _intern(s: str) -> str:
@@ -357,56 +378,8 @@ def summarize(path: str, size: int, values: dict, reason: str = "", detail: str 
         cols=_int(values.get("Columns")), frames=_int(values.get("NumberOfFrames"), 1) or 1,
         multiframe=bool(values.get("PerFrameFunctionalGroupsSequence") or values.get(
             "SharedFunctionalGroupsSequence")),
-        split=tuple(_intern(_norm(values.get(k))) for k in SPLIT_TAGS))
+        split=tuple([_norm(tuple(values.get(k) or ())) for k in SPLIT_TAGS]))
     if reason:
         return h
     why = classify(h, values)
     return h._replace(reason=why[0], detail=why[1]) if why else h
-
-
-def classify(h: Header, values: dict) -> tuple[str, str] | None:
-    """Why an image file with complete pixel data is not a slice of a volume to score, or None."""
-    image_type = [t.upper() for t in values.get("ImageType") or ()]
-    if is_localizer_values(values):
-        shown = " ".join(image_type) or "-"
-        return "localizer", f"localizer or scout image (ImageType {shown})"
-    if h.modality.upper() in _PROJECTION_MODALITIES:
-        return "projection", (f"{_PROJECTION_MODALITIES[h.modality.upper()]} ({h.modality}): a 2D projection image, "
-                              "not a cross-sectional volume")
-    hit = next((t for t in image_type if t in _PROJECTION_TYPES), None) or (
-        m.group(1) if (m := _PROJECTION_RE.search(h.description)) else None)
-    if hit:
-        return "projection", (f"a projection / rendering ({hit.upper()}: MIP, MinIP or volume rendering), "
-                              "not a cross-sectional volume")
-    if not h.series:
-        return "missing_uid", ("no SeriesInstanceUID: which series the image belongs to is unknown; "
-                               "re-export with UIDs (an anonymizer may have removed them)")
-    if h.multiframe:
-        return None  # geometry from the functional groups, checked when loading
-    if h.frames > 1:
-        return "unsupported", "multi-frame object without functional-group geometry (cine, NM or US)"
-    spp = _int(values.get("SamplesPerPixel"), 1)
-    pi = (values.get("PhotometricInterpretation") or ("",))[0].upper()
-    if spp != 1 or pi == "PALETTE COLOR":
-        return "unsupported", f"colour image ({pi or '?'}, {spp} samples per pixel): only grayscale volumes are scored"
-    if h.rows <= 0 or h.cols <= 0:
-        return "unreadable", f"an image of {h.cols}x{h.rows} pixels"
-    if h.iop is None or h.ipp is None or h.spacing is None:
-        return "no_geometry", ("no ImagePositionPatient, ImageOrientationPatient or PixelSpacing: not part of a volume "
-                               "(2D image or secondary capture)")
-    return bad_geometry(h.iop, h.ipp, h.spacing)
-
-
-def bad_geometry(iop, ipp, spacing) -> tuple[str, str] | None:
-    """``("bad_geometry", why)`` for degenerate ImageOrientationPatient / non-finite positions / spacing <= 0."""
-    if not all(math.isfinite(v) for v in (*iop, *ipp, *spacing)):
-        return "bad_geometry", "ImageOrientationPatient, ImagePositionPatient or PixelSpacing is not a finite number"
-    r, c = iop[:3], iop[3:]
-    dot = r[0] * c[0] + r[1] * c[1] + r[2] * c[2]
-    if abs(math.hypot(*r) - 1) > _UNIT_TOL or abs(math.hypot(*c) - 1) > _UNIT_TOL or abs(dot) > _UNIT_TOL:
-        shown = ", ".join(f"{v:g}" for v in iop)
-        return "bad_geometry", (f"ImageOrientationPatient ({shown}) is degenerate (row and column directions must be "
-                                "orthogonal unit vectors): the slice plane is undefined")
-    if min(spacing) <= 0:
-        return "bad_geometry", f"PixelSpacing ({spacing[0]:g}, {spacing[1]:g}) is not positive"
-    return None
