@@ -52,7 +52,10 @@ MEDAD = r"""
 import json, re, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 from medad.io import find_series
+import medad.io.dicom_index as di
 roots, workers = json.loads(sys.argv[1]), (int(sys.argv[2]) or None)
+if len(sys.argv) > 3:
+    di._PARALLEL_MIN_FILES = int(sys.argv[3])  # the same mode (worker processes) at any size: comparable memory
 t = time.perf_counter()
 index = find_series(roots, workers=workers)
 dt = time.perf_counter() - t
@@ -144,7 +147,7 @@ def main() -> None:
     print("medad 1 worker", runs["medad, 1 worker"], flush=True)
     studies = sorted(p for p in root.iterdir() if p.is_dir())
     fifth = [str(p) for p in studies[: max(1, len(studies) // 5)]]
-    runs["medad, a fifth of the export"] = run(MEDAD, json.dumps(fifth), "0")
+    runs["medad, a fifth of the export"] = run(MEDAD, json.dumps(fifth), "0", "0")
     print("medad fifth", runs["medad, a fifth of the export"], flush=True)
     load1 = load_average()
     if args.keep is None:

@@ -144,6 +144,10 @@ def _read_headers(items: list[tuple[str, int]], include_image_files: bool, worke
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    import pydicom.uid  # noqa: F401 - imported once here, shared by the forked workers (not once per worker)
+
+    from .. import _header  # noqa: F401
+
     # fork (as torch's DataLoader does): no re-import of __main__, so scripts and notebooks need no main guard; the
     # children only parse bytes (no CUDA, no OpenMP, no threads of ours)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
