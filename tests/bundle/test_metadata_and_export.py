@@ -1,4 +1,5 @@
-"""metadata versions, verify_net_in_out, ckpt_export and SliceAnomalyNet's state dicts (the zoo schema: test_zoo_verify.py)."""
+"""metadata versions, verify_net_in_out, ckpt_export and SliceAnomalyNet's state dicts (the zoo's schema and checks:
+test_zoo_verify.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MONAI model zoo's ``ci/verify_bundle.py`` checks that can run offline, run on the bundle the way the zoo runs them.
+"""The MONAI model zoo's ``ci/verify_bundle.py`` checks that can run offline, run on the bundle as the zoo runs them.
 
 Source of the checks: Project-MONAI/model-zoo at ``dfae206`` (``ci/verify_bundle.py``, ``ci/utils.py``,
 ``ci/bundle_custom_data.py``, ``.pre-commit-config.yaml``). The zoo's code is not copied; each test below names the
@@ -233,9 +233,9 @@ def test_eval_metrics_come_from_the_evaluate_config(tmp_path):
     tiny backbone (fp32, as the test suite pins it)."""
     from monai.bundle import ConfigWorkflow
 
-    wf = ConfigWorkflow(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], workflow_type="train",
-                        logging_file=False, bundle_root=str(BUNDLE), output_dir=str(tmp_path), dataset_dir=str(BRATS),
-                        model_path=str(BUNDLE / "models" / "model.pt"), backbone="tiny")
+    wf = ConfigWorkflow(config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+                        workflow_type="train", logging_file=False, bundle_root=str(BUNDLE), output_dir=str(tmp_path),
+                        dataset_dir=str(BRATS), model_path=str(BUNDLE / "models" / "model.pt"), backbone="tiny")
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
