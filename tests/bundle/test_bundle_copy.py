@@ -21,6 +21,8 @@ import pytest
 from .conftest import BUNDLE
 from .test_readme import readme_commands
 
+pytestmark = pytest.mark.slow  # seven CLI runs (about 2 CPU-minutes)
+
 DEFAULT_RUNS = [
     "python -m monai.bundle run --config_file configs/inference.json",
     "python -m monai.bundle run --config_file configs/train.json --backbone tiny --train#trainer#max_epochs 1",
