@@ -131,13 +131,26 @@ _PARALLEL_MIN_FILES = 2000  # below this, starting processes costs more than it 
 _TASK_FILES = 256
 
 
+def _shared(headers: list[Header], cache: dict) -> list[Header]:
+    """The headers with their orientation, spacing and split tuples shared across files (a series repeats them):
+    about a third less memory per file for big exports."""
+    out = []
+    for h in headers:
+        if h.iop is not None:
+            h = h._replace(iop=cache.setdefault(h.iop, h.iop), spacing=cache.setdefault(h.spacing, h.spacing),
+                           split=cache.setdefault(h.split, h.split))
+        out.append(h)
+    return out
+
+
 def _read_headers(items: list[tuple[str, int]], include_image_files: bool, workers: int, bar) -> list:
     """Headers of ``items`` in order, read in ``workers`` processes (in this one for small inputs)."""
+    cache: dict = {}
     chunks = [items[i: i + _TASK_FILES] for i in range(0, len(items), _TASK_FILES)]
     if workers <= 1 or len(items) < _PARALLEL_MIN_FILES:
         out = []
         for chunk in chunks:
-            out += read_many(chunk, include_image_files)
+            out += _shared(read_many(chunk, include_image_files), cache)
             bar.update(len(chunk))
         return out
     import multiprocessing as mp
@@ -155,13 +168,13 @@ def _read_headers(items: list[tuple[str, int]], include_image_files: bool, worke
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=mp.get_context(method)) as pool:
             for chunk, headers in zip(chunks, pool.map(read_many, chunks, [include_image_files] * len(chunks))):
-                out += headers
+                out += _shared(headers, cache)
                 bar.update(len(chunk))
     except (BrokenProcessPool, OSError) as e:  # a killed worker, no process slots: finish here
         log.warning("indexing processes failed (%s); reading the remaining headers in this process",
                     type(e).__name__)
         for chunk in chunks[len(out) // _TASK_FILES:]:
-            out += read_many(chunk, include_image_files)
+            out += _shared(read_many(chunk, include_image_files), cache)
             bar.update(len(chunk))
     return out
 

@@ -15,7 +15,7 @@ IMAGE_FILE_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "itk", ".nh
                        ".mhd": "itk"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRecord:
     """What happened to one input file. ``reason``/``detail`` are empty for files that are part of a series."""
 
