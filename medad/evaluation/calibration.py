@@ -7,7 +7,9 @@ in every checkpoint saved from it, see :func:`medad.checkpoints.save_checkpoint`
 * calibrated scores in [0, 1]: the normal-population percentile of a raw volume / slice score;
 * the operating point at a target specificity (default 95 %), a split-conformal threshold on the raw volume score
   with the guarantee ``P(normal study flagged) <= (n + 1 - m) / (n + 1) <= 1 - specificity`` for studies exchangeable
-  with the ``n`` calibration studies (see :class:`~medad.model.options.Calibration`);
+  with the ``n`` calibration studies (see :class:`~medad.model.options.Calibration`); per modality (the volume's
+  ``meta["modality"]``) when the studies hold at least ``1 / (1 - specificity) - 1`` of it and more than one
+  modality is present;
 * optionally the grading thresholds of the map (the SEG bands): voxel-value quantiles of the normal studies' maps
   (default 99 %, 99.9 %, 99.99 % of the voxels of scored slices), so ``anomaly_low`` means "higher than 99 % of
   normal voxels".
@@ -108,6 +110,7 @@ def calibrate(detector: Any, volumes: Iterable[Any], *, specificity: float = DEF
     runner = VolumeRunner(detector, **runner_options)
     vol_scores: list[float] = []
     slice_scores: list[np.ndarray] = []
+    modalities: list[str] = []
     hist = np.zeros(_BINS, dtype=np.int64)
     items = list(volumes)
     names = list(keys) if keys is not None else [f"study{i + 1:04d}" for i in range(len(items))]
@@ -124,6 +127,7 @@ def calibrate(detector: Any, volumes: Iterable[Any], *, specificity: float = DEF
         if not keep.any():
             log.warning("a calibration study has no scored slice (background only): its volume score is 0")
         vol_scores.append(float(res.raw_volume_score))
+        modalities.append(str(getattr(vol, "meta", {}).get("modality", "") or ""))
         slice_scores.append(np.asarray(res.raw_slice_scores)[keep])
         if grade_quantiles is not None and keep.any():
             amap = res.anomaly_map[0].detach().cpu().numpy()
@@ -132,16 +136,16 @@ def calibrate(detector: Any, volumes: Iterable[Any], *, specificity: float = DEF
     settings = runner_settings(runner)
     settings["adapters_sha256"] = adapters_digest(detector)
     settings["backbone_sha256"] = str(detector.metadata.get("backbone_sha256", "") or "")
-    images = np.concatenate(slice_scores) if slice_scores else np.zeros(0)
-    if images.size == 0:
+    n_images = int(sum(s.size for s in slice_scores))
+    if n_images == 0:
         raise ValueError("no scored slice in the calibration studies")
-    cal = Calibration.fit(vol_scores, images, specificity=specificity, settings=settings,
-                          grade_quantiles=tuple(grade_quantiles or ()))
+    cal = Calibration.fit(vol_scores, slice_scores, specificity=specificity, settings=settings,
+                          grade_quantiles=tuple(grade_quantiles or ()), modalities=modalities)
     if grade_quantiles is not None:
         detector.options.thresholds = fit_grade_thresholds(hist, grade_quantiles)
     detector.options.calibration = cal
     log.info("calibrated on %d normal studies: operating point %s", cal.n_studies, cal.summary())
-    return CalibrationReport(cal, tuple(detector.options.thresholds), vol_scores, names, int(images.size))
+    return CalibrationReport(cal, tuple(detector.options.thresholds), vol_scores, names, n_images)
 
 
 def calibrate_inputs(detector: Any, inputs: Sequence[str], **kwargs: Any) -> CalibrationReport:

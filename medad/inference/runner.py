@@ -159,12 +159,14 @@ class VolumeRunner:
         return cal, (f"calibrated on {cal.n_studies} normal studies at specificity {cal.specificity:g} "
                      f"(false-positive rate <= {cal.fpr_bound:.4f} over exchangeable normal studies)")
 
-    def _apply_calibration(self, res: VolumeResult) -> VolumeResult:
-        """Fill the raw/calibrated fields of ``res`` (see the module docstring)."""
+    def _apply_calibration(self, res: VolumeResult, modality: Any = None) -> VolumeResult:
+        """Fill the raw/calibrated fields of ``res`` (see the module docstring); ``modality`` picks the modality's
+        own calibration when it has one."""
         res.raw_volume_score, res.raw_slice_scores = res.volume_score, res.slice_scores
         cal, _ = self.calibration_status()
         if cal is None:
             return res
+        cal = cal.for_modality(modality)
         ss = np.asarray(cal.image_score(res.slice_scores), dtype=np.float32).reshape(res.slice_scores.shape)
         ss[res.skipped] = 0.0  # not scored: background only
         if res.source_dim is None:  # one 2D image: its image score is its only score
@@ -221,7 +223,7 @@ class VolumeRunner:
         return self._apply_calibration(VolumeResult(
             anomaly_map=self._like(out[None], vol), volume_score=self._volume_score(slice_scores, top),
             slice_scores=slice_scores, top_slices=top, axis=self.axis, n_slices=n, source_dim=slicer.source_dim,
-            skipped=skipped_src))
+            skipped=skipped_src), vol.meta.get("modality"))
 
     @torch.no_grad()  # not inference_mode: callers may edit the map in place
     def run_2d(self, image: MetaTensor | torch.Tensor | np.ndarray) -> VolumeResult:
@@ -247,7 +249,8 @@ class VolumeRunner:
         score = float(s[0])
         return self._apply_calibration(VolumeResult(
             anomaly_map=self._like(m, img), volume_score=score, slice_scores=np.array([score], dtype=np.float32),
-            top_slices=[0], axis=None, n_slices=1, source_dim=None, skipped=np.zeros(1, dtype=bool)))
+            top_slices=[0], axis=None, n_slices=1, source_dim=None, skipped=np.zeros(1, dtype=bool)),
+            img.meta.get("modality"))
 
     @torch.no_grad()
     def model_inputs(self, volume: MetaTensor | torch.Tensor | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

@@ -144,7 +144,9 @@ def provenance_attributes(provenance: Optional[Mapping[str, Any]]) -> dict[str, 
     prov = dict(provenance or {})
     version = str(prov.get("medad") or _version())
     op = prov.get("operating_point") or None
-    if op:
+    if op and op.get("by_modality"):
+        content = f"calibrated anomaly score; flag per modality (spec {op['specificity']:g})"
+    elif op:
         content = f"anomaly score; flag above {op['operating_point']:.4f} (spec {op['specificity']:g})"
     else:
         content = "anomaly score 0-1 (uncalibrated)"
@@ -161,6 +163,9 @@ def provenance_attributes(provenance: Optional[Mapping[str, Any]]) -> dict[str, 
         params.update(specificity=op["specificity"], threshold_raw=f"{op['threshold_raw']:.6g}",
                       operating_point=op["operating_point"], calibration_n=op["n_studies"],
                       fpr_bound=op["fpr_bound"])
+        for mod, g in (op.get("by_modality") or {}).items():
+            params[f"threshold_raw_{mod}"] = f"{g['threshold_raw']:.6g}"
+            params[f"calibration_n_{mod}"] = g["n_studies"]
     else:
         params["operating_point"] = "none"
     text = ", ".join(f"{k}={v}" for k, v in params.items() if v != "")

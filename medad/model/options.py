@@ -159,6 +159,10 @@ class Calibration:
     e.g. 19 studies for 95 %); a study is *flagged* iff its raw volume score is above it (equivalently its calibrated
     score is above :attr:`operating_point`).
 
+    **Per modality** (Mondrian conformal): when the calibration studies hold at least :meth:`min_studies` of a
+    modality, that modality gets its own references and threshold (``by_modality``), used for studies of that
+    modality (:meth:`for_modality`); others use the pooled ones. The guarantee below then holds per modality.
+
     **Guarantee**: if the scored study and the ``n`` calibration studies are exchangeable normal studies (same
     population, protocol and scanner mix, scored with the same model and settings), then
     ``P(flagged) <= (n + 1 - m) / (n + 1) <= alpha`` (:attr:`fpr_bound`), the probability taken over the calibration
@@ -174,6 +178,7 @@ class Calibration:
             these; the runner does not apply it under other settings).
         grade_quantiles: when the grading thresholds were fitted too: the voxel quantiles of normal studies they are
             (e.g. ``(0.99, 0.999, 0.9999)``), else empty.
+        by_modality: ``{modality: Calibration}`` fitted on the studies of each modality with enough of them.
     """
 
     volume_reference: tuple[float, ...]
@@ -181,6 +186,7 @@ class Calibration:
     specificity: float = DEFAULT_SPECIFICITY
     settings: Mapping[str, Any] = field(default_factory=dict)
     grade_quantiles: tuple[float, ...] = ()
+    by_modality: Mapping[str, "Calibration"] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         vol = tuple(sorted(float(v) for v in self.volume_reference))
@@ -194,6 +200,8 @@ class Calibration:
         object.__setattr__(self, "specificity", float(self.specificity))
         object.__setattr__(self, "settings", dict(self.settings))
         object.__setattr__(self, "grade_quantiles", tuple(float(q) for q in self.grade_quantiles))
+        object.__setattr__(self, "by_modality", {str(k).upper(): v if isinstance(v, Calibration) else
+                                                 Calibration.from_dict(v) for k, v in dict(self.by_modality).items()})
         n, m = len(vol), self.rank
         if m > n:
             raise ValueError(f"{n} normal studies cannot give an operating point at specificity {self.specificity}: "
@@ -249,17 +257,24 @@ class Calibration:
         """True iff the raw volume score is above :attr:`threshold`."""
         return bool(float(raw_volume_score) > self.threshold)
 
+    def for_modality(self, modality: Optional[str]) -> "Calibration":
+        """The calibration of ``modality`` (``by_modality``) when there is one, else this (pooled) one."""
+        return self.by_modality.get(str(modality or "").upper(), self)
+
     def summary(self) -> dict[str, Any]:
         """Plain values for provenance (``run.json``, DICOM): specificity, thresholds, n, bounds."""
         return {"specificity": self.specificity, "threshold_raw": self.threshold,
                 "operating_point": round(self.operating_point, 6), "n_studies": self.n_studies, "rank": self.rank,
                 "fpr_bound": round(self.fpr_bound, 6), "fpr_bound_95": round(self.fpr_bound_95, 6),
-                "grade_quantiles": list(self.grade_quantiles)}
+                "grade_quantiles": list(self.grade_quantiles),
+                **({"by_modality": {k: {n: v for n, v in c.summary().items() if n != "grade_quantiles"}
+                                    for k, c in sorted(self.by_modality.items())}} if self.by_modality else {})}
 
     def to_dict(self) -> dict[str, Any]:
         return {"volume_reference": list(self.volume_reference), "image_reference": list(self.image_reference),
                 "specificity": self.specificity, "settings": dict(self.settings),
-                "grade_quantiles": list(self.grade_quantiles)}
+                "grade_quantiles": list(self.grade_quantiles),
+                "by_modality": {k: c.to_dict() for k, c in sorted(self.by_modality.items())}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Calibration":
@@ -268,13 +283,26 @@ class Calibration:
 
     @classmethod
     def fit(cls, volume_scores, image_scores, specificity: float = DEFAULT_SPECIFICITY,
-            settings: Optional[Mapping[str, Any]] = None, grade_quantiles=(), max_image_values: int = 1001
-            ) -> "Calibration":
+            settings: Optional[Mapping[str, Any]] = None, grade_quantiles=(), max_image_values: int = 1001,
+            modalities=None) -> "Calibration":
         """Fit on the raw volume scores of normal studies (one per study) and their raw slice scores (any number;
-        reduced to ``max_image_values`` quantiles)."""
+        reduced to ``max_image_values`` quantiles). With ``modalities`` (one per study; then ``image_scores`` is one
+        array per study too), modalities with at least :meth:`min_studies` studies get their own calibration."""
+        vols = np.asarray(volume_scores, dtype=np.float64).ravel()
+        groups: dict[str, Calibration] = {}
+        if modalities is not None:
+            mods = [str(m or "").upper() for m in modalities]
+            per_study = [np.asarray(s, dtype=np.float64).ravel() for s in image_scores]
+            if len(mods) != len(vols) or len(per_study) != len(vols):
+                raise ValueError("modalities and image_scores need one entry per study")
+            for mod in sorted(set(mods) - {""}):
+                idx = [i for i, m in enumerate(mods) if m == mod]
+                if len(idx) >= cls.min_studies(specificity) and len(set(mods)) > 1:
+                    groups[mod] = cls.fit(vols[idx], np.concatenate([per_study[i] for i in idx]), specificity,
+                                          settings, grade_quantiles, max_image_values)
+            image_scores = np.concatenate(per_study) if per_study else np.zeros(0)
         img = np.sort(np.asarray(image_scores, dtype=np.float64).ravel())
         if len(img) > max_image_values:
             img = np.quantile(img, np.linspace(0.0, 1.0, max_image_values))
-        return cls(volume_reference=tuple(np.asarray(volume_scores, dtype=np.float64).ravel().tolist()),
-                   image_reference=tuple(img.tolist()), specificity=specificity, settings=dict(settings or {}),
-                   grade_quantiles=tuple(grade_quantiles))
+        return cls(volume_reference=tuple(vols.tolist()), image_reference=tuple(img.tolist()), specificity=specificity,
+                   settings=dict(settings or {}), grade_quantiles=tuple(grade_quantiles), by_modality=groups)

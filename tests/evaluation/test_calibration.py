@@ -152,3 +152,38 @@ def test_calibration_travels_with_the_adapters_and_only_applies_to_its_settings(
         next(retrained.model.adapters.parameters()).add_(1e-2)
     cal, note = VolumeRunner(retrained).calibration_status()
     assert cal is None and "adapters_sha256" in note
+
+
+def test_each_modality_gets_its_own_operating_point():
+    rng = np.random.default_rng(3)
+    ct, mr = rng.normal(5.0, 1.0, 25), rng.normal(1.0, 0.2, 20)  # CT scores far above MR ones
+    cal = Calibration.fit(np.concatenate([ct, mr]), [rng.normal(size=4) for _ in range(45)], specificity=0.95,
+                          modalities=["CT"] * 25 + ["mr"] * 20)
+    assert sorted(cal.by_modality) == ["CT", "MR"] and cal.for_modality("PT") is cal
+    assert cal.for_modality("MR").threshold == mr.max() and cal.for_modality("ct").n_studies == 25
+    assert cal.for_modality("MR").flagged(2.0) and not cal.flagged(2.0)  # pooled: dominated by CT
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    assert set(cal.summary()["by_modality"]) == {"CT", "MR"}
+    few = Calibration.fit(np.concatenate([ct, mr[:10]]), [rng.normal(size=4) for _ in range(35)],
+                          modalities=["CT"] * 25 + ["MR"] * 10)
+    assert list(few.by_modality) == ["CT"]  # 10 MR studies cannot give a 95 % operating point: pooled for MR
+
+
+def test_the_runner_applies_the_volume_modalitys_calibration():
+    det = TextureDetector()
+    runner = VolumeRunner(det, intensity="percentile")  # the same raw scores whatever the modality
+    from medad.inference.provenance import adapters_digest, runner_settings
+
+    settings = {**runner_settings(runner), "adapters_sha256": adapters_digest(det), "backbone_sha256": "stand-in"}
+    vol = _normal(42)
+    raw = runner.run(vol).raw_volume_score
+    rng = np.random.default_rng(4)
+    low, high = raw - 1 - rng.random(19), raw + 1 + rng.random(19)  # MR normals score below, CT normals above
+    det.options.calibration = Calibration.fit(np.concatenate([low, high]), [[0.1]] * 38, settings=settings,
+                                              modalities=["MR"] * 19 + ["CT"] * 19)
+    runner = VolumeRunner(det, intensity="percentile")
+    mr = runner.run(vol)
+    vol.meta["modality"] = "CT"
+    ct = runner.run(vol)
+    assert mr.raw_volume_score == ct.raw_volume_score == raw
+    assert mr.flagged and mr.volume_score > 0.95 and not ct.flagged and ct.volume_score < 0.05

@@ -196,3 +196,22 @@ def test_integer_pm_maps_back_to_the_float_score(series, tiny_detector, tmp_path
     score = i.pixel_array.astype(np.float64) * float(m.RealWorldValueSlope) + float(m.RealWorldValueIntercept)
     np.testing.assert_allclose(score, f.pixel_array, atol=0.5 / 65535 + 1e-7)
     assert i.SeriesDescription.startswith("Anomaly map, integer") and int(i.SeriesNumber) == 903
+
+
+def test_the_operating_point_is_in_the_dicom_provenance():
+    from medad.io.dicom_outputs import provenance_attributes
+    from medad.model.options import Calibration
+
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit(rng.normal(size=40), [rng.normal(size=3) for _ in range(40)],
+                          modalities=["CT"] * 20 + ["MR"] * 20)
+    prov = {"medad": "9.9", "model_sha256": "ab" * 32, "adapters_sha256": "cd" * 32, "backbone_sha256": "ef" * 32,
+            "operating_point": {**cal.summary()}}
+    a = provenance_attributes(prov)
+    assert a["content_description"] == "calibrated anomaly score; flag per modality (spec 0.95)"
+    assert a["algorithm_parameters"]["specificity"] == "0.95"
+    assert a["algorithm_parameters"]["threshold_raw_CT"] == f"{cal.for_modality('CT').threshold:.6g}"
+    single = provenance_attributes({**prov, "operating_point": Calibration.fit(rng.normal(size=19), [0.0]).summary()})
+    assert single["content_description"].startswith("anomaly score; flag above 0.95")
+    assert provenance_attributes({})["content_description"] == "anomaly score 0-1 (uncalibrated)"
+    assert len(a["contribution_description"]) <= 1024 and all(len(v) <= 64 for v in a["software_versions"])
