@@ -156,8 +156,10 @@ class VolumeRunner:
             return None, ("calibration not applied: it was fitted with other " + ", ".join(
                 f"{k}={cal.settings[k]!r}" if "sha256" not in k else f"{k}" for k in diff)
                 + " (raw scores, nothing flagged; recalibrate with these settings: medad calibrate)")
+        groups = "".join(f", {k} {c.n_studies} (<= {c.fpr_bound:.4f})" for k, c in sorted(cal.by_modality.items()))
         return cal, (f"calibrated on {cal.n_studies} normal studies at specificity {cal.specificity:g} "
-                     f"(false-positive rate <= {cal.fpr_bound:.4f} over exchangeable normal studies)")
+                     f"(false-positive rate <= {cal.fpr_bound:.4f} over exchangeable normal studies"
+                     + (f"; per modality{groups}" if groups else "") + ")")
 
     def _apply_calibration(self, res: VolumeResult, modality: Any = None) -> VolumeResult:
         """Fill the raw/calibrated fields of ``res`` (see the module docstring); ``modality`` picks the modality's
