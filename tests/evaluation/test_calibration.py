@@ -187,3 +187,32 @@ def test_the_runner_applies_the_volume_modalitys_calibration():
     ct = runner.run(vol)
     assert mr.raw_volume_score == ct.raw_volume_score == raw
     assert mr.flagged and mr.volume_score > 0.95 and not ct.flagged and ct.volume_score < 0.05
+
+
+def test_medad_calibrate_then_medad_score_flags(tmp_path, capsys):
+    """End to end: ``medad calibrate`` on normal DICOM series writes a checkpoint whose operating point ``medad score``
+    applies: ``flagged`` and the operating point in results.csv, run.json holds the operating point."""
+    import csv
+    import json
+
+    from medad.cli import main
+    from medad.synthetic import write_dicom_series
+
+    for s in range(5):
+        img, _, aff = make_mr_phantom(200 + s, (24, 24, 3), n_lesions=0, spacing=(9.0, 9.0, 12.0))
+        write_dicom_series(img, aff, tmp_path / "normal" / f"s{s}", seed=f"cal-{s}", modality="MR")
+    img, _, aff = make_mr_phantom(300, (24, 24, 3), n_lesions=2, spacing=(9.0, 9.0, 12.0))
+    write_dicom_series(img, aff, tmp_path / "new" / "a", seed="new-a", modality="MR")
+    ckpt = tmp_path / "calibrated.pt"
+    assert main(["calibrate", str(tmp_path / "normal"), "--out", str(ckpt), "--adapters", "none", "--backbone",
+                 "tiny", "--specificity", "0.8", "--no-progress"]) == 0
+    assert "P(flagged) <= 0.1667" in capsys.readouterr().out  # n = 5, m = ceil(6 * 0.8) = 5: 1/6
+    out = tmp_path / "out"
+    assert main(["score", str(tmp_path / "new"), "--out", str(out), "--adapters", str(ckpt), "--workers", "0",
+                 "--no-progress"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["flagged"] in ("true", "false") and 0.0 <= float(row["volume_score"]) <= 1.0
+    assert row["operating_point"] != "" and row["adapters_sha256"] and row["volume_score_raw"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["operating_point"]["n_studies"] == 5 and run["operating_point"]["specificity"] == 0.8
