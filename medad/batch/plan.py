@@ -136,7 +136,7 @@ def make_plan(inputs: Sequence[str], out: Path, config: dict, *, modality=None, 
     for s in selected:
         rec = records.read_record(out / "series" / dirs[s.key])  # records of other settings have another fingerprint
         done = rec is not None and rec.fingerprint == fps[s.key] and (rec.ok or rec.skipped or not retry_failed)
-        if done and stow and rec.ok and "pm" in rec.outputs and rec.outputs.get("stow", {}).get("url") != stow:
+        if done and stow and rec.ok and "seg" in rec.outputs and rec.outputs.get("stow", {}).get("url") != stow:
             done = False  # scored before, but not sent to this server yet
         if not done:
             todo.append(s.key)
