@@ -79,7 +79,7 @@ class MedadAppMixin:
         os.makedirs(self.label_config.workspace, exist_ok=True)
         self.detector_store = DetectorStore(self.label_config)
         self.detector_store.get()
-        self.infer_queue = InferQueue(self.label_config.infer_workers, self.label_config.infer_queue)
+        self._queues: dict[str, InferQueue] = {}
         kwargs.setdefault("name", "medad anomaly detection")
         kwargs.setdefault("description", "MVFA/CLIP anomaly maps for review (research use, not for diagnosis)")
         kwargs.setdefault("version", __version__)
@@ -130,6 +130,25 @@ class MedadAppMixin:
         return super().next_sample(request)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ inference
+    def infer_queue(self, model: str) -> InferQueue:
+        """The queue of ``model``'s inferences: one per model, so a quick model (``mark_normal``) never waits behind
+        the volumes another one is scoring."""
+        if model not in self._queues:
+            self._queues[model] = InferQueue(self.label_config.infer_workers, self.label_config.infer_queue)
+        return self._queues[model]
+
+    def queue_status(self) -> dict[str, Any]:
+        """``GET /medad/queue``: every model's running and waiting inferences."""
+        out = {"workers_per_model": self.label_config.infer_workers, "max_waiting": self.label_config.infer_queue,
+               "running": [], "waiting": [], "completed": 0, "refused": 0}
+        for model, queue in sorted(self._queues.items()):
+            status = queue.status()
+            out["running"] += status["running"]
+            out["waiting"] += status["waiting"]
+            out["completed"] += status["completed"]
+            out["refused"] += status["refused"]
+        return out
+
     def check_model(self, model: Any) -> None:
         """404 unless ``model`` is one of this app's infer tasks."""
         if model not in self._infers:  # type: ignore[attr-defined]

@@ -27,12 +27,14 @@ from . import install_pydicom_shim
 
 install_pydicom_shim()
 
+from monailabel.interfaces.datastore import DefaultLabelTag  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferType  # noqa: E402
 from monailabel.tasks.infer.basic_infer import BasicInferTask  # noqa: E402
 
 from medad.inference.grading import GRADE_LABELS, grade_colors  # noqa: E402
 
-__all__ = ["MARK_NORMAL_MODEL", "MarkNormalTask", "label_colors", "legend", "mark_normal", "ohif_viewer_path",
+__all__ = ["MARK_NORMAL_MODEL", "MarkNormalTask", "is_empty_label", "label_colors", "legend", "local_view",
+           "mark_normal", "normal_images", "ohif_viewer_path",
            "seg_nrrd_metadata", "slicer_color_table", "slicer_overlay_line", "slicer_overlay_script",
            "slice_summary", "top_slice_instances"]
 
@@ -203,6 +205,41 @@ def slice_summary(volume_score: float, top_slices: Sequence[int], n_slices: int,
 
 
 # ---------------------------------------------------------------------------------------------------------- normal
+def is_empty_label(path: str) -> bool:
+    import SimpleITK as sitk
+
+    try:
+        return not np.any(sitk.GetArrayFromImage(sitk.ReadImage(path)))
+    except Exception:  # noqa: BLE001 - an unreadable label is not a normal study
+        return False
+
+
+def local_view(datastore: Any):
+    """``(image ids, label_uri(id, tag))`` from the local store (a DICOMweb datastore's cache): MONAI Label's
+    ``get_labeled_images()`` only knows the ``final`` tag and a DICOMweb datastore answers with PACS series."""
+    from monailabel.datastore.dicom import DICOMWebDatastore
+    from monailabel.datastore.local import LocalDatastore
+
+    if isinstance(datastore, DICOMWebDatastore):
+        return LocalDatastore.list_images(datastore), LocalDatastore.get_label_uri.__get__(datastore)
+    return datastore.list_images(), datastore.get_label_uri
+
+
+def normal_images(datastore: Any, config: Any) -> list[str]:
+    """Sorted ids of the images a reviewer marked normal (tag ``config.normal_tag``, or empty ``final`` labels)."""
+    ids, label_uri = local_view(datastore)
+    normal = []
+    for image_id in ids:
+        uri = label_uri(image_id, config.normal_tag)
+        if uri and os.path.isfile(uri):
+            normal.append(image_id)
+        elif config.empty_final_is_normal:
+            uri = label_uri(image_id, DefaultLabelTag.FINAL.value)
+            if uri and os.path.isfile(uri) and is_empty_label(uri):
+                normal.append(image_id)
+    return sorted(normal)
+
+
 def _empty_label_like(image_path: str) -> str:
     """An all-zero uint8 label (compressed NRRD) on the grid of ``image_path``; returns its temporary path."""
     import torch
@@ -223,7 +260,6 @@ def mark_normal(datastore: Any, image_id: str, config: Any, user: Optional[str] 
     of the train task adds the study to the memory bank."""
     from .datastore.ids import check_id
     from .server.errors import NotFound
-    from .train_task import normal_images
 
     check_id(image_id)
     if image_id not in datastore.list_images():

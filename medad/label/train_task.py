@@ -44,6 +44,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from .config import LabelConfig
+from .review import is_empty_label, local_view, normal_images
 from .server.errors import Conflict
 from .store import DetectorStore, load_source, merge_banks
 
@@ -55,51 +56,16 @@ logger = logging.getLogger(__name__)
 HELD_OUT_PER_STUDY = 24
 
 
-def _is_empty_label(path: str) -> bool:
-    import SimpleITK as sitk
-
-    try:
-        return not np.any(sitk.GetArrayFromImage(sitk.ReadImage(path)))
-    except Exception:  # noqa: BLE001 - an unreadable label is not a normal study
-        return False
-
-
-def _local_view(datastore: Datastore):
-    """``(image ids, label_uri(id, tag))`` from the local store (a DICOMweb datastore's cache): MONAI Label's
-    ``get_labeled_images()`` only knows the ``final`` tag and a DICOMweb datastore answers with PACS series."""
-    from monailabel.datastore.dicom import DICOMWebDatastore
-    from monailabel.datastore.local import LocalDatastore
-
-    if isinstance(datastore, DICOMWebDatastore):
-        return LocalDatastore.list_images(datastore), LocalDatastore.get_label_uri.__get__(datastore)
-    return datastore.list_images(), datastore.get_label_uri
-
-
-def normal_images(datastore: Datastore, config: LabelConfig) -> list[str]:
-    """Sorted ids of the images a reviewer marked normal (tag ``config.normal_tag``, or empty ``final`` labels)."""
-    ids, label_uri = _local_view(datastore)
-    normal = []
-    for image_id in ids:
-        uri = label_uri(image_id, config.normal_tag)
-        if uri and os.path.isfile(uri):
-            normal.append(image_id)
-        elif config.empty_final_is_normal:
-            uri = label_uri(image_id, DefaultLabelTag.FINAL.value)
-            if uri and os.path.isfile(uri) and _is_empty_label(uri):
-                normal.append(image_id)
-    return sorted(normal)
-
-
 def lesion_references(datastore: Datastore, config: LabelConfig, normals: list[str]) -> list[dict[str, str]]:
     """Known lesion studies for the guard: ``[{"image", "mask", "kind"}]`` (at most ``guard_max_studies``, sorted
     by id): non-empty ``final`` labels of studies not marked normal (kind ``reviewer label``), then reference masks
     next to studies (kind ``reference mask``)."""
-    ids, label_uri = _local_view(datastore)
+    ids, label_uri = local_view(datastore)
     skip = set(normals)
     out: list[dict[str, str]] = []
     for image_id in sorted(i for i in ids if i not in skip):
         uri = label_uri(image_id, DefaultLabelTag.FINAL.value)
-        if uri and os.path.isfile(uri) and not _is_empty_label(uri):
+        if uri and os.path.isfile(uri) and not is_empty_label(uri):
             out.append({"image": image_id, "mask": uri, "kind": "reviewer label"})
     have = {r["image"] for r in out}
     ref = getattr(datastore, "reference_mask", None)

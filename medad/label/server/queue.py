@@ -6,9 +6,10 @@ scored, ``/info``, ``/datastore`` and every other request wait (20 s for ``/info
 awaits it, so the event loop keeps answering. At most ``max_pending`` inferences wait; one more is answered 503 with
 ``Retry-After`` instead of piling up.
 
-Each job has a position and progress: ``GET /medad/queue`` lists the running and waiting inferences (model, image,
-queue position, seconds waited/running, slices scored out of the volume's slices), and every inference answer has
-the headers ``X-Medad-Queue-Wait`` and ``X-Medad-Run-Time`` (seconds).
+The app keeps one queue per model (a quick model never waits behind another's volumes). Each job has a position and
+progress: ``GET /medad/queue`` lists the running and waiting inferences (model, image, queue position in its model's
+queue, seconds waited/running, slices scored out of the volume's slices), and every inference answer has the headers
+``X-Medad-Queue-Wait`` and ``X-Medad-Run-Time`` (seconds).
 """
 
 from __future__ import annotations

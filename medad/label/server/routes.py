@@ -122,7 +122,8 @@ async def infer(http: Request, background_tasks: BackgroundTasks, model: str, im
     if label:
         request["label"] = _save_upload(label, LABEL_SUFFIXES, max_bytes, "uploaded label", background_tasks)
     shown = image or (file.filename if file else session_id)
-    result, job = await instance.infer_queue.run(lambda: instance.checked_infer(request), model, str(shown))
+    result, job = await instance.infer_queue(model).run(lambda: instance.checked_infer(request), model,
+                                                        str(shown))
 
     if output == "dicom_seg":
         from ..datastore.dicomweb import MedadDICOMWebDatastore, nifti_to_dicom_seg
@@ -264,7 +265,7 @@ async def scoring(method: str, params: Optional[dict] = None, run_sync: Optional
 # ---------------------------------------------------------------------------------------------------------- medad
 @router.get("/medad/queue", summary="Running and waiting inferences (position, progress)", tags=["medad"])
 async def queue(user: User = _USER):
-    return _instance().infer_queue.status()
+    return _instance().queue_status()
 
 
 @router.get("/medad/legend", summary="Grade names, colours and thresholds (the legend of the maps)", tags=["medad"])
