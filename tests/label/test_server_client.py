@@ -124,6 +124,17 @@ def test_corrupt_uploads_and_malformed_params_get_4xx(site, tmp_path):
                          data={"params": "[1,2,3]"}, files={"label": ("l.nii.gz", f)}, timeout=60)
     assert r.status_code == 400 and "JSON object" in r.json()["detail"]
     assert requests.post(f"{url}/scoring/no_such_method", timeout=30).status_code == 404
+
+    def chunked_body(boundary="medadBOUNDARY"):  # no Content-Length: the limit is enforced while reading
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n'
+               "Content-Type: application/octet-stream\r\n\r\n").encode()
+        for _ in range(24):
+            yield b"0" * (128 << 10)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = requests.put(f"{url}/datastore/image", params={"image": "chunked"}, data=chunked_body(), timeout=60,
+                     headers={"Content-Type": "multipart/form-data; boundary=medadBOUNDARY"})
+    assert r.status_code == 413 and "at most 1 MiB" in r.json()["detail"], r.text
     assert "notes" not in c.datastore()["objects"] and "fake" not in c.datastore()["objects"]
 
 

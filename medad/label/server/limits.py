@@ -4,6 +4,10 @@ MONAI Label copies every upload to a temporary file first and looks at it afterw
 and stored. :class:`BodySizeLimit` wraps the ASGI app: a request whose ``Content-Length`` is above the limit is
 answered 413 at once; a body sent without a length (chunked) is counted as it arrives and cut off with 413 when it
 passes the limit. The limit is read per request from a callable (the app's ``--conf max_upload_mb``).
+
+The rest of a refused body is read and dropped (up to twice the limit) before the 413 is sent: HTTP/1.1 clients that
+send the whole body before reading the answer (Python's ``http.client``, which MONAI Label's client and 3D Slicer
+use) would otherwise see a broken pipe instead of the 413. A body even larger than that is cut off.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ __all__ = ["BodySizeLimit"]
 _OVERHEAD = 64 * 1024
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(BaseException):
+    """Raised from ``receive`` past the limit; a BaseException so that FastAPI's body parsing (which turns any
+    Exception into "400 There was an error parsing the body") lets it through to :class:`BodySizeLimit`."""
 
 
 class BodySizeLimit:
@@ -39,6 +44,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > allowed:
+            await self._drain(receive, 0, 2 * allowed)
             return await self._reject(send, int(length), limit)
         seen = 0
         started = False
@@ -62,11 +68,24 @@ class BodySizeLimit:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if not started:
+                seen = await self._drain(receive, seen, 2 * allowed)
                 await self._reject(send, seen, limit)
 
     @staticmethod
+    async def _drain(receive, seen: int, cap: int) -> int:
+        """Read and drop the rest of the body (until ``cap`` bytes in all); returns the bytes seen."""
+        while seen <= cap:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        return seen
+
+    @staticmethod
     async def _reject(send, size: int, limit: int) -> None:
-        body = json.dumps({"detail": f"the request body is larger than {size / 2**20:.1f} MiB; this server accepts "
+        body = json.dumps({"detail": f"the request body is {size / 2**20:.1f} MiB or more; this server accepts "
                                      f"uploads of at most {limit / 2**20:.0f} MiB (--conf max_upload_mb)."}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
