@@ -134,8 +134,10 @@ def test_bank_normalizers_are_refit_on_held_out_normal_slices(studies_dir, app_d
     assert report["bank_normalizers"]["pixel_bank"] == pytest.approx([float(low[1]), float(high[1])], abs=1e-6)
 
 
-def test_operating_point_is_refit_or_dropped_when_the_bank_changes(studies_dir, app_dir, tmp_path):
-    """An operating point fitted for the old bank is not kept for the new one: with too few normals it is dropped."""
+@pytest.mark.parametrize("specificity", [0.95, 0.5])
+def test_operating_point_is_refit_or_dropped_when_the_bank_changes(studies_dir, app_dir, tmp_path, specificity):
+    """An operating point fitted for the old bank is not kept for the new one: refitted on the normal studies when
+    there are enough for its specificity (1 for 50 %), dropped with a note otherwise (19 for 95 %)."""
     options = pytest.importorskip("medad.model.options")
     if not hasattr(options, "Calibration"):
         pytest.skip("no operating point in DetectorOptions (issue 11 not merged)")
@@ -143,7 +145,8 @@ def test_operating_point_is_refit_or_dropped_when_the_bank_changes(studies_dir, 
     from medad.checkpoints import save_checkpoint
 
     det = medad.load_detector(backbone="tiny", device="cpu", precision="fp32")
-    det.options.calibration = options.Calibration.fit(np.linspace(0.1, 0.9, 19), np.linspace(0, 1, 50))
+    det.options.calibration = options.Calibration.fit(np.linspace(0.1, 0.9, 19), np.linspace(0, 1, 50),
+                                                      specificity=specificity)
     adapters = tmp_path / "calibrated.pt"
     save_checkpoint(det, adapters)
     conf = {**TEST_CONF, "adapters": str(adapters)}
@@ -152,6 +155,10 @@ def test_operating_point_is_refit_or_dropped_when_the_bank_changes(studies_dir, 
         r = c.post("/train/anomaly?run_sync=true")
         assert r.status_code == 200, r.text
         cal = r.json()["calibration"]
-        assert cal["dropped"] is True and "19 needed" in cal["note"]
     ckpt = torch.load(tmp_path / "workspace" / "site_adapters.pt", map_location="cpu", weights_only=True)
-    assert ckpt["medad"]["calibration"] is None
+    saved = ckpt["medad"]["calibration"]
+    if specificity == 0.95:
+        assert cal["dropped"] is True and "19 needed" in cal["note"] and saved is None
+    else:
+        assert cal["refitted"] is True and cal["n_studies"] == 1
+        assert saved is not None and len(saved["volume_reference"]) == 1  # fitted on the one normal study
