@@ -205,7 +205,7 @@ class SaveVolumeScoresd(MapTransform):
             written = amap.meta.get("medad_outputs") or {}
             prov = written.get("provenance") or prov
             row = results_row(series_fields(amap), "ok", scores=scores, anonymous_key=name,
-                              output_dir=name if written else "")
+                              output_dir=name if written else "", provenance=prov)
             self.rows.append(row)
             log.info("%s: volume score %s, top slices [%s]", name, row["volume_score"], row["top_slices"])
         write_results_csv(self.path, self.rows)

@@ -97,6 +97,9 @@ def test_dicom_parametric_map_and_seg(inference_run, dataset_dir):
                                                         "ct_head_dicom_pm.dcm", "ct_head_dicom_seg.dcm"]
     sidecar = json.loads((folder / "ct_head_dicom_anomaly.json").read_text())  # provenance next to the NIfTI map
     assert len(sidecar["provenance"]["model_sha256"]) == 64 and sidecar["grading"]
+    import medad  # scores.csv carries the same provenance columns as medad score's results.csv
+
+    assert row["medad_version"] == medad.__version__ and row["backbone_sha256"] == sidecar["provenance"]["backbone_sha256"]
     src = pydicom.dcmread(next((dataset_dir / "ct_head" / "dicom").iterdir()), stop_before_pixels=True)
     pm = pydicom.dcmread(folder / "ct_head_dicom_pm.dcm")
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and int(pm.NumberOfFrames) == int(row["slices"])
