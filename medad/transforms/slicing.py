@@ -18,7 +18,7 @@ functions ``(to_view, from_view)`` acting on the last two dims of ``[..., U, V]`
 * ``"radiological"``: the usual viewer display: axial with anterior up and the patient's right on the image left,
   coronal/sagittal with superior up (sagittal: anterior on the left). ``to_view == from_view`` (an involution).
 * ``"brats_png"``: the layout of ``np.rot90`` of an LPS-stored BraTS axial slice (what
-  ``/work/shared/data/brats2015_subset/make_slices.py`` wrote): radiological left/right with posterior up.
+  ``../shared/data/brats2015_subset/make_slices.py`` wrote): radiological left/right with posterior up.
 """
 
 from __future__ import annotations
