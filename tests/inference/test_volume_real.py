@@ -1,6 +1,7 @@
 """VolumeRunner with the real (tiny, random-init) detector: synthetic volume and a real BraTS FLAIR volume."""
 
 import glob
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from monai.data import MetaTensor
 import medad
 from medad.inference import VolumeRunner
 
-BRATS = sorted(glob.glob("/work/shared/data/brats2015_subset/nifti/*/*/Flair_subtrMeanDivStd.nii.gz"))
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"  # ../shared next to the repository
+BRATS = sorted(glob.glob(str(SHARED / "data/brats2015_subset/nifti/*/*/Flair_subtrMeanDivStd.nii.gz")))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_tiny_detector_synthetic_volume_geometry_and_batch_invariance(det):
     r1.anomaly_map.mul_(1.0), r2d.anomaly_map.mul_(1.0)  # plain tensors, editable in place (no inference-mode tensors)
 
 
-@pytest.mark.skipif(not BRATS, reason="BraTS subset not present in /work/shared/data/brats2015_subset")
+@pytest.mark.skipif(not BRATS, reason="BraTS subset not present in ../shared/data/brats2015_subset")
 def test_brats_flair_volume_map_in_source_geometry(det):
     from monai.transforms import LoadImage
 

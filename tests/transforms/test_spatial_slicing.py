@@ -154,7 +154,7 @@ def test_bundle_style_pipeline_inverts_to_source_grid():
         assert float((out.as_tensor() - expected.flip(dim))[inner].abs().mean()) > 3 * err
 
 
-_BRATS = "/work/shared/data/brats2015_subset"
+_BRATS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "data", "brats2015_subset")
 
 
 @pytest.mark.skipif(not os.path.exists(f"{_BRATS}/mvfa_layout/Brain_AD/test/good/img/brats_2013_pat0001_1_103.png"),

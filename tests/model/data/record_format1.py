@@ -3,8 +3,8 @@
 Run once from a pristine worktree of commit e582c4e (the code before the issue-10 restructuring)::
 
     git worktree add /tmp/medad_base e582c4e
-    cd /tmp/medad_base && PYTHONPATH=/tmp/medad_base /work/main/.venv/bin/python \\
-        /work/main/tests/model/data/record_format1.py /work/main/tests/model/data
+    cd /tmp/medad_base && PYTHONPATH=/tmp/medad_base $REPO/.venv/bin/python \\
+        $REPO/tests/model/data/record_format1.py $REPO/tests/model/data
 
 The checkpoint: tiny backbone (not stored: the seeded random init), seeded random adapters, fitted normalizers, a
 memory bank cut to 24 tokens per level (small file), and non-default options (``image_score_rule="map_max"``,
