@@ -29,7 +29,7 @@ from monailabel.datastore.local import LocalDatastore  # noqa: E402
 from monailabel.interfaces.datastore import DefaultLabelTag  # noqa: E402
 
 from ..server.errors import Forbidden  # noqa: E402
-from .ids import check_id, check_tag  # noqa: E402
+from .ids import CheckedLabelInfo, check_id, check_tag  # noqa: E402
 
 __all__ = ["MedadDICOMWebDatastore", "label_to_dicom_seg", "nifti_to_dicom_seg", "segment_names"]
 
@@ -88,7 +88,7 @@ def nifti_to_dicom_seg(series_dir, label, label_info, file_ext="*", use_itk=True
     return out
 
 
-class MedadDICOMWebDatastore(DICOMWebDatastore):
+class MedadDICOMWebDatastore(CheckedLabelInfo, DICOMWebDatastore):
     """:class:`monailabel.datastore.dicom.DICOMWebDatastore` with highdicom SEG export of submitted labels."""
 
     @classmethod
@@ -122,16 +122,6 @@ class MedadDICOMWebDatastore(DICOMWebDatastore):
         check_id(label_id)
         check_tag(label_tag)
         return super().get_label_uri(label_id, label_tag, image_id)
-
-    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        check_id(label_id)
-        check_tag(label_tag)
-        return super().get_label_info(label_id, label_tag)
-
-    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        check_id(label_id)
-        check_tag(label_tag)
-        super().update_label_info(label_id, label_tag, info)
 
     def reference_mask(self, image_id: str) -> str:
         """No reference masks in a PACS (reviewer labels are the known lesions)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..server.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 
-__all__ = ["LABEL_SUFFIXES", "STUDY_SUFFIXES", "check_id", "check_tag", "check_upload", "inside", "upload_suffix"]
+__all__ = ["CheckedLabelInfo", "LABEL_SUFFIXES", "STUDY_SUFFIXES", "check_id", "check_tag", "check_upload", "inside", "upload_suffix"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 #: Study files the local datastore lists and accepts as uploads: medad's single-file volume formats.
@@ -96,3 +96,18 @@ def check_upload(path: str | os.PathLike, filename: str | None, allowed: Sequenc
         raise UnsupportedMedia(f"{what} {os.path.basename(filename or '')!r} is not a 3D volume "
                                f"(size {list(size_xyz)}).")
     return suffix
+
+
+class CheckedLabelInfo:
+    """Label-info reads and updates with checked ids and tags; mixed in before MONAI Label's datastore class by both
+    medad datastores (local and DICOMweb)."""
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict:
+        check_id(label_id)
+        check_tag(label_tag)
+        return super().get_label_info(label_id, label_tag)  # type: ignore[misc]
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict) -> None:
+        check_id(label_id)
+        check_tag(label_tag)
+        super().update_label_info(label_id, label_tag, info)  # type: ignore[misc]

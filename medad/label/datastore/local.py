@@ -37,7 +37,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from monailabel.interfaces.exception import ImageNotFoundException  # noqa: E402
 
 from ..server.errors import Conflict, Forbidden  # noqa: E402
-from .ids import LABEL_SUFFIXES, STUDY_SUFFIXES, check_id, check_tag, inside, upload_suffix  # noqa: E402
+from .ids import LABEL_SUFFIXES, STUDY_SUFFIXES, CheckedLabelInfo, check_id, check_tag, inside, upload_suffix  # noqa: E402
 
 __all__ = ["MedadLocalDatastore"]
 
@@ -73,7 +73,7 @@ def _stem(name: str) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
-class MedadLocalDatastore(LocalDatastore):
+class MedadLocalDatastore(CheckedLabelInfo, LocalDatastore):
     """A local datastore over the studies folder ``studies`` with its files in ``workspace`` (see the module doc).
 
     Args:
@@ -291,16 +291,6 @@ class MedadLocalDatastore(LocalDatastore):
         check_id(label_id)
         check_tag(label_tag)
         return super().get_label_uri(label_id, label_tag)
-
-    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        check_id(label_id)
-        check_tag(label_tag)
-        return super().get_label_info(label_id, label_tag)
-
-    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        check_id(label_id)
-        check_tag(label_tag)
-        super().update_label_info(label_id, label_tag, info)
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         if self._obj(image_id) is None:
