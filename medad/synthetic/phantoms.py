@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from .dicom_series import write_dicom_series  # re-exported: the phantom -> DICOM series step
 
-__all__ = ["Lesion", "default_affine", "make_ct_phantom", "make_mr_phantom", "place_lesions", "write_dicom_series"]
+__all__ = ["Lesion", "default_affine", "head_mask", "make_ct_phantom", "make_mr_phantom", "place_lesions",
+           "write_dicom_series"]
 
 # DICOM's usual axial layout: columns run to patient left, rows run posterior (LPS index axes) -> RAS diag(-, -, +).
 _AXIAL_SIGNS = np.array([-1.0, -1.0, 1.0])
@@ -268,3 +269,17 @@ def make_mr_phantom(
     n1, n2 = rng.standard_normal((2, *shape)) * noise
     img = np.sqrt((img + n1) ** 2 + n2**2)
     return np.round(img).astype(np.float32), mask, affine
+
+
+def head_mask(image: np.ndarray, modality: str) -> np.ndarray:
+    """Inside the head of a phantom (the scalp and everything it encloses), filled slice by slice.
+
+    Args:
+        image: ``[X, Y, Z]`` phantom (HU for ``"CT"``, the MR phantom's units for ``"MR"``).
+        modality: ``"CT"`` or ``"MR"``.
+
+    Returns:
+        ``[X, Y, Z]`` bool.
+    """
+    tissue = np.asarray(image) > (-500.0 if modality == "CT" else 100.0)
+    return np.stack([ndimage.binary_fill_holes(tissue[..., z]) for z in range(tissue.shape[-1])], axis=-1)
