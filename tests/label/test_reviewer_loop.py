@@ -65,7 +65,7 @@ def test_mark_normal_then_train_keeps_the_lesion_labelled(demo_studies, tmp_path
         assert report["guard"]["studies"][0]["image"] == "case_l"
         assert report["guard"]["studies"][0]["kind"] == "reference mask"
         assert set(report["bank_normalizers"]) == {"pixel_bank", "image_bank"}
-        if report["status"] == "refused":  # the demo's untrained backbone: its bank does not separate lesions
+        if report["status"] == "refused":  # a backbone whose bank does not separate the lesions
             assert task["status"] == "ERROR" and "NOT activated" in report["guard"]["message"]
             assert medad["site_checkpoint"] is False
         else:
@@ -79,10 +79,17 @@ def test_mark_normal_then_train_keeps_the_lesion_labelled(demo_studies, tmp_path
 
 
 def test_guard_refuses_a_checkpoint_that_blanks_known_lesions(demo_studies, tmp_path, monkeypatch):
-    """The failure of issue 13: a bank whose normalizers are not refitted halves every map. The guard stops it."""
+    """A candidate checkpoint whose maps lose the known lesions is not activated. The defect simulated is a normalizer
+    refit gone wrong (issue 13's were not refitted at all, which halved the maps; halving is not enough to lose the
+    lesions of the pre-trained demo model, so the ranges here blank the maps outright)."""
     import medad.label.train_task as tt
 
-    monkeypatch.setattr(tt, "refit_bank_normalizers", lambda detector, held_out, batch_size=16: {})  # old behaviour
+    def broken_refit(detector, held_out, batch_size=16):
+        for branch in ("pixel_text", "pixel_bank"):
+            detector.normalizer.fit(branch, torch.tensor([0.0, 1e6]))
+        return {"pixel_bank": [0.0, 1e6]}
+
+    monkeypatch.setattr(tt, "refit_bank_normalizers", broken_refit)
     app = tmp_path / "app"
     import shutil
 
