@@ -267,6 +267,10 @@ def check(asset: Path) -> int:
                         f"{sum(h == 3 for h in v['top3_slices_with_lesion'])}/{len(v['top3_slices_with_lesion'])} |")
     n = len(HELDOUT_SEEDS)
     times = prov.get("train_seconds", {})
+    reused = ("\nThe slices and pre-training stages ran in an earlier invocation of the same script; the adapter stages "
+              "reused its backbone with `--pretrained` (checkpoint SHA-256 "
+              f"`{prov['pretrain']['reused_from_checkpoint_sha256'][:16]}...`)."
+              if prov.get("pretrain", {}).get("reused_from_checkpoint_sha256") else "")
     body = f"""Command: `{command_line()}` (git {git_rev()}); the training itself: `python scripts/train_demo_model.py`.
 Machine: {machine()}; {cpu_flags_line()}.
 
@@ -280,7 +284,7 @@ most anomalous slices all hold a lesion. Scoring the {2 * n} held-out volumes to
 """ + "\n".join(rows) + f"""
 
 Training run recorded in the asset (`train_seconds`, wall seconds per stage on the machine that trained it):
-{", ".join(f"{k} {v:.0f} s" for k, v in times.items())}; total {sum(times.values()) / 60:.1f} min.
+{", ".join(f"{k} {v:.0f} s" for k, v in times.items())}; total {sum(times.values()) / 60:.1f} min.{reused}
 Operating point (normal phantoms, seeds {CAL_SEEDS.start}-{CAL_SEEDS.stop - 1}): raw volume score
 {prov["calibration"]["threshold_raw"]:.4f} at {prov["calibration"]["specificity"]:.0%} specificity, false-positive bound
 {prov["calibration"]["fpr_bound"]:.3f} ({prov["calibration"]["fpr_bound_95"]:.3f} for 95 % of calibration sets).
