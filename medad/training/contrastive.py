@@ -29,9 +29,6 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 __all__ = ["PretrainConfig", "CaptionedSlices", "soft_clip_loss", "region_text_loss", "pretrain_clip"]
 
 
-
-
-
 @dataclass
 class PretrainConfig:
     """Hyper-parameters of :func:`pretrain_clip` (AdamW, linear warm-up then cosine decay, per step)."""
