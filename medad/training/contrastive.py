@@ -53,7 +53,7 @@ class CaptionedSlices:
         caption: ``caption(i, rng) -> str``: a caption for slice ``i`` (the wording may vary with ``rng``).
         patch_concept: ``[N, P]`` int64: what each patch shows, an index into ``concepts``, or -1 (not trained: a
             patch partly in a lesion, or background).
-        concepts: the concept texts (index 0 and the ``normal_concepts`` are normal tissue, the others lesions).
+        concepts: the concept texts (those at ``normal_concepts`` are normal tissue, the others lesions).
         normal_concepts: the indices of the normal-tissue concepts.
     """
 

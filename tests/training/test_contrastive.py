@@ -69,7 +69,7 @@ def test_pretraining_learns_the_patches_of_lesions():
     """A few steps on 8 toy slices lower the region-text loss; the trained weights are finite and change."""
     torch.manual_seed(0)
     img, mask = _slice_with_lesions()
-    patch = torch.as_tensor(F.avg_pool2d(torch.as_tensor(mask[None, None, :238, :238], dtype=torch.float32), 14))
+    patch = F.avg_pool2d(torch.as_tensor(mask[None, None, :238, :238], dtype=torch.float32), 14)
     concept = torch.where(patch.flatten() >= 0.5, 1, 0)
     images = torch.stack([torch.as_tensor(img)[None], torch.as_tensor(np.where(mask, 0.5, img))[None]] * 4).half()
     data = CaptionedSlices(images=images, groups=torch.tensor([0, 1] * 4),
